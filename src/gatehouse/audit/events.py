@@ -1,0 +1,76 @@
+"""The event envelope: one shape for everything that happens, in every layer.
+
+An event is created by the layer that saw the action; the writer gives it its place in the log (sequence
+number, previous hash, hash). Kinds are dotted names, `layer.noun[.verb]`: docs/audit-events.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+Decision = Literal["allow", "deny", "pending", "error"]
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def new_id() -> str:
+    """A UUIDv7 (RFC 9562) as text: unique, and sorting by id sorts by creation time."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass(slots=True)
+class Event:
+    kind: str
+    decision: Decision = "allow"
+    details: dict[str, Any] = field(default_factory=dict)
+    actor_user: str | None = None
+    actor_agent: str | None = None
+    actor_token: str | None = None
+    on_behalf_of: str | None = None
+    workspace: str | None = None
+    session: str | None = None
+    parent: str | None = None
+    resource: str | None = None
+    id: str = field(default_factory=new_id)
+    ts: int = field(default_factory=now_us)
+    # Given by the writer when the event takes its place in the chain.
+    seq: int = 0
+    prev_hash: str = ""
+    hash: str = ""
+
+    def details_json(self) -> str:
+        """The canonical text of `details`: sorted keys, so the same details always hash the same."""
+        return orjson.dumps(self.details, option=orjson.OPT_SORT_KEYS).decode()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "id": self.id,
+            "ts": self.ts,
+            "kind": self.kind,
+            "actor": {
+                "user": self.actor_user,
+                "agent": self.actor_agent,
+                "token": self.actor_token,
+                "on_behalf_of": self.on_behalf_of,
+            },
+            "workspace": self.workspace,
+            "session": self.session,
+            "parent": self.parent,
+            "decision": self.decision,
+            "resource": self.resource,
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }

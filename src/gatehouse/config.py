@@ -1,0 +1,203 @@
+"""Settings: one TOML file, then environment overrides, validated with messages that name the setting.
+
+Environment variables override the file: `GATEHOUSE_<SECTION>__<KEY>` (double underscore between levels),
+e.g. `GATEHOUSE_SERVER__PORT=9000`, `GATEHOUSE_STORE__URL=postgresql://...`,
+`GATEHOUSE_PROVIDERS__ANTHROPIC__API_KEY=env:ANTHROPIC_API_KEY`. Values are parsed as TOML scalars when
+they look like one (numbers, booleans, arrays), otherwise taken as strings.
+
+Secrets (provider keys, signing keys) are never written in the file in clear if avoidable: a value of
+`env:NAME` reads the environment variable NAME, `file:PATH` reads a file. They are held as `SecretStr`,
+so they never show in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "GATEHOUSE_"
+DEFAULT_CONFIG_PATH = Path("gatehouse.toml")
+
+
+class ConfigError(Exception):
+    """The settings are invalid; the message lists every problem with the setting's dotted name."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CapturePolicy(StrEnum):
+    """How much of each LLM exchange the Bridge keeps."""
+
+    METADATA = "metadata"  # identity, model, usage, tool names and ids, sizes: no prompt or content text
+    LAST_PROMPT = "last_prompt"  # plus the last user prompt, tool arguments and tool results (truncated)
+    FULL = "full"  # plus the complete request and response bodies
+
+
+class FailMode(StrEnum):
+    CLOSED = "closed"  # refuse the request when the trail cannot be written (default)
+    OPEN = "open"  # forward it anyway; the gap is recorded once the store is back
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
+    base_url: str | None = None  # how clients reach this server; shown in docs and demo output
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite:///gatehouse.db"
+    # SQLite only. NORMAL survives a crash of the process (kill -9); FULL also survives power loss.
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
+    busy_timeout_ms: Annotated[int, Field(ge=0)] = 5000
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return url
+
+
+class AuditSettings(_Section):
+    fail_mode: FailMode = FailMode.CLOSED
+    max_batch: Annotated[int, Field(gt=0, le=100_000)] = 2000
+
+
+class BridgeSettings(_Section):
+    capture: CapturePolicy = CapturePolicy.LAST_PROMPT
+    # Under `last_prompt`, each captured text (prompt, tool arguments, tool result) is cut to this size.
+    capture_max_chars: Annotated[int, Field(gt=0)] = 16_384
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # Upper bound on silence from the upstream (no byte received); long generations keep streaming.
+    read_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+
+
+class ProviderSettings(_Section):
+    type: Literal["anthropic", "openai"]
+    base_url: str
+    api_key: SecretStr | None = None
+    # Models this instance may serve (glob patterns). Templates narrow this per agent.
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    # openai-type only: how to send the key. `bearer` (OpenAI, vLLM, OpenRouter) or `api-key` (Azure).
+    auth_header: Literal["bearer", "api-key", "x-api-key"] | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return url.rstrip("/")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _resolve_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        environ = (info.context or {}).get("environ", os.environ)
+        return resolve_secret_reference(value, environ) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_auth_header(self) -> ProviderSettings:
+        if self.auth_header is None:
+            header = "x-api-key" if self.type == "anthropic" else "bearer"
+            object.__setattr__(self, "auth_header", header)
+        return self
+
+
+class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    bridge: BridgeSettings = Field(default_factory=BridgeSettings)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+
+    @field_validator("providers")
+    @classmethod
+    def _provider_names(cls, providers: dict[str, ProviderSettings]) -> dict[str, ProviderSettings]:
+        for name in providers:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"provider name {name!r} may only use letters, digits, - and _")
+        return providers
+
+
+def resolve_secret_reference(value: str, environ: Mapping[str, str]) -> str:
+    """`env:NAME` and `file:PATH` point at the secret instead of holding it."""
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return environ[name]
+    if value.startswith("file:"):
+        path = Path(value[5:]).expanduser()
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    return value
+
+
+def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read the TOML file (if it exists, or if it was named explicitly), apply env overrides, validate."""
+    environ = dict(os.environ if environ is None else environ)
+    explicit = path is not None or f"{ENV_PREFIX}CONFIG" in environ
+    path = path or Path(environ.get(f"{ENV_PREFIX}CONFIG", DEFAULT_CONFIG_PATH))
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    elif explicit:
+        raise ConfigError(f"{path}: no such configuration file")
+    _apply_env_overrides(data, environ)
+    try:
+        return Settings.model_validate(data, context={"environ": environ})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _apply_env_overrides(data: dict[str, Any], environ: dict[str, str]) -> None:
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: cannot set a key inside a non-table setting")
+        node[parts[-1]] = _parse_env_value(raw)
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    lines = [f"invalid settings ({path} and {ENV_PREFIX}* environment variables):"]
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)

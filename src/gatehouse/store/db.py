@@ -1,0 +1,175 @@
+"""The database engine: SQLite (embedded, WAL) or PostgreSQL, behind one small DB-API facade.
+
+Queries are written once with `?` placeholders; for PostgreSQL they are rewritten to `%s` (so SQL text in
+this project never contains a literal `%`). Rows come back as dicts. Each thread gets its own connection;
+writes that must be atomic with their audit events go through `transaction()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import psycopg
+from psycopg.rows import dict_row
+
+Dialect = Literal["sqlite", "postgresql"]
+Row = dict[str, Any]
+Params = Sequence[Any]
+
+
+class StoreError(Exception):
+    """The store could not be read or written (translated from the driver's own errors)."""
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor this project uses (sqlite3 and psycopg both satisfy it)."""
+
+    rowcount: int
+
+    def execute(self, query: Any, params: Any = ...) -> Any: ...
+    def executemany(self, query: Any, params_seq: Any) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Tx:
+    """A transaction in progress: run statements, read rows. Placeholders are `?` for both dialects."""
+
+    def __init__(self, db: Database, cursor: Cursor) -> None:
+        self.db = db
+        self.cursor = cursor
+
+    def execute(self, query: str, params: Params = ()) -> int:
+        self.cursor.execute(self.db.sql(query), params)
+        return self.cursor.rowcount
+
+    def executemany(self, query: str, rows: Sequence[Params]) -> None:
+        if rows:
+            self.cursor.executemany(self.db.sql(query), rows)
+
+    def one(self, query: str, params: Params = ()) -> Row | None:
+        self.cursor.execute(self.db.sql(query), params)
+        row = self.cursor.fetchone()
+        return None if row is None else dict(row)
+
+    def all(self, query: str, params: Params = ()) -> list[Row]:
+        self.cursor.execute(self.db.sql(query), params)
+        return [dict(r) for r in self.cursor.fetchall()]
+
+
+class Database:
+    def __init__(self, url: str, *, synchronous: str = "normal", busy_timeout_ms: int = 5000) -> None:
+        self.url = url
+        self.dialect: Dialect = "sqlite" if url.startswith("sqlite:") else "postgresql"
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._all_lock = threading.Lock()
+        if self.dialect == "sqlite":
+            self.path = Path(url.removeprefix("sqlite:///"))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    # -- connections -------------------------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """A new connection, configured; the caller owns it."""
+        try:
+            if self.dialect == "sqlite":
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout_ms / 1000
+                )
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+                conn.execute("PRAGMA foreign_keys=ON")
+                return conn
+            return psycopg.connect(self.url, row_factory=dict_row, autocommit=True)  # type: ignore[arg-type]
+        except (sqlite3.Error, psycopg.Error) as exc:
+            raise StoreError(f"cannot open the store: {exc}") from exc
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.connect()
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._all_lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except Exception:  # noqa: S110 - closing a broken connection is best effort
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- SQL ---------------------------------------------------------------------------------------
+
+    def sql(self, query: str) -> str:
+        return _to_pyformat(query) if self.dialect == "postgresql" else query
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """One atomic unit of work. SQLite takes the write lock up front (BEGIN IMMEDIATE), so a
+        transaction that reads the chain head and appends after it cannot interleave with another."""
+        conn = self._conn()
+        try:
+            if self.dialect == "sqlite":
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Tx(self, conn.cursor())
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            else:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield Tx(self, cur)
+        except (sqlite3.Error, psycopg.Error) as exc:
+            self._discard_broken(conn, exc)
+            raise StoreError(str(exc)) from exc
+
+    def _discard_broken(self, conn: Any, exc: Exception) -> None:
+        if isinstance(exc, psycopg.OperationalError) or getattr(conn, "closed", False):
+            self._local.conn = None
+
+    def query(self, query: str, params: Params = ()) -> list[Row]:
+        conn = self._conn()
+        try:
+            cur = conn.execute(self.sql(query), params)
+            return [dict(r) for r in cur.fetchall()]
+        except (sqlite3.Error, psycopg.Error) as exc:
+            self._discard_broken(conn, exc)
+            raise StoreError(str(exc)) from exc
+
+    def query_one(self, query: str, params: Params = ()) -> Row | None:
+        rows = self.query(query, params)
+        return rows[0] if rows else None
+
+    async def aquery(self, query: str, params: Params = ()) -> list[Row]:
+        """Read from async code. An indexed SQLite read is a few microseconds, cheaper than a thread
+        hop, so it runs inline; PostgreSQL reads go to a worker thread so the event loop never waits."""
+        if self.dialect == "sqlite":
+            return self.query(query, params)
+        return await asyncio.to_thread(self.query, query, params)
+
+    async def aquery_one(self, query: str, params: Params = ()) -> Row | None:
+        rows = await self.aquery(query, params)
+        return rows[0] if rows else None
+
+
+@lru_cache(maxsize=1024)
+def _to_pyformat(query: str) -> str:
+    return query.replace("?", "%s")
