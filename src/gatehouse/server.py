@@ -53,11 +53,14 @@ def build(settings: Settings) -> Gatehouse:
     return Gatehouse(settings=settings, db=db, writer=writer, identity=identity, bridge=bridge)
 
 
+GATEHOUSE = web.AppKey("gatehouse", Gatehouse)
+
+
 def create_app(gh: Gatehouse) -> web.Application:
     from gatehouse.api.app import add_api_routes
 
     app = web.Application(client_max_size=gh.settings.server.max_body_bytes)
-    app["gatehouse"] = gh
+    app[GATEHOUSE] = gh
     gh.bridge.add_routes(app)
     add_api_routes(app, gh)
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gatehouse.server import Gatehouse
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PRINCIPAL = web.RequestKey("principal", Principal)
 READERS = ("owner", "admin", "auditor")
 ADMINS = ("owner", "admin")
 
@@ -44,7 +45,7 @@ def requires(*roles: str) -> Callable[[Handler], Handler]:
     def decorate(handler: Handler) -> Handler:
         @wraps(handler)
         async def authorized(request: web.Request) -> web.StreamResponse:
-            gh: Gatehouse = request.app["gatehouse"]
+            gh = _gh(request)
             auth = request.headers.get("authorization", "")
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not token:
@@ -55,7 +56,7 @@ def requires(*roles: str) -> Callable[[Handler], Handler]:
                 raise Problem(401, "Unauthorized", "the token is unknown, expired or revoked") from None
             if principal.role not in roles:
                 raise Problem(403, "Forbidden", f"role {principal.role!r} may not do this")
-            request["principal"] = principal
+            request[PRINCIPAL] = principal
             return await handler(request)
 
         return authorized
@@ -82,11 +83,13 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def _gh(request: web.Request) -> Gatehouse:
-    return request.app["gatehouse"]  # type: ignore[no-any-return]
+    from gatehouse.server import GATEHOUSE
+
+    return request.app[GATEHOUSE]
 
 
 def _actor(request: web.Request) -> Actor:
-    principal: Principal = request["principal"]
+    principal = request[PRINCIPAL]
     return Actor(user_id=principal.user_id, name=principal.user_name)
 
 
@@ -115,7 +118,7 @@ async def health(request: web.Request) -> web.Response:
 
 @requires(*READERS, "template_admin", "member")
 async def me(request: web.Request) -> web.Response:
-    p: Principal = request["principal"]
+    p = request[PRINCIPAL]
     return json_response({"user": p.user_name, "role": p.role, "agent": p.agent_name, "token_id": p.token_id})
 
 
@@ -156,7 +159,7 @@ async def users_create(request: web.Request) -> web.Response:
     body = await _json_body(request)
     name = _string(body, "name")
     role = _string(body, "role", required=False) or "member"
-    if role == "owner" and request["principal"].role != "owner":
+    if role == "owner" and request[PRINCIPAL].role != "owner":
         raise Problem(403, "Forbidden", "only an owner may create another owner")
     user = _gh(request).identity.create_user(
         name or "", role=role, email=_string(body, "email", required=False), actor=_actor(request)
