@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # A projection keeps a derived table (sessions, spend, ...) in step with the log, in the same transaction.
 Projection = Callable[[Tx, Sequence[Event]], None]
+# An observer learns of events once they are committed (metrics, export wake-ups). It runs on the writer
+# thread, so it must be quick and must not raise.
+Observer = Callable[[Sequence[Event], float], None]
 
 _INSERT = (
     "INSERT INTO events (seq, id, ts, kind, actor_user, actor_agent, actor_token, on_behalf_of, workspace,"
@@ -102,7 +105,7 @@ class AuditWriter:
         max_batch: int = 2000,
         fail_open: bool = False,
         retry_buffer: int = 100_000,
-        on_commit: Callable[[int, float], None] | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.db = db
         self.projections = tuple(projections)
@@ -114,7 +117,7 @@ class AuditWriter:
         self._retry: collections.deque[Event] = collections.deque(maxlen=retry_buffer)
         self._gap: _Gap | None = None
         self._thread: threading.Thread | None = None
-        self._on_commit = on_commit
+        self.observers = list(observers)
         self.healthy = True
         self.committed_events = 0
 
@@ -198,8 +201,12 @@ class AuditWriter:
         self._retry.clear()
         self._gap = None
         self.committed_events += len(to_write)
-        if self._on_commit is not None:
-            self._on_commit(len(to_write), time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        for observe in self.observers:
+            try:
+                observe(to_write, elapsed)
+            except Exception:  # an observer's bug must not stop the trail
+                log.exception("audit observer failed")
         for _, future in batch:
             if future is not None:
                 future.set_result(None)

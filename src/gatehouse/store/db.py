@@ -8,6 +8,7 @@ writes that must be atomic with their audit events go through `transaction()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -84,7 +85,10 @@ class Database:
         try:
             if self.dialect == "sqlite":
                 conn = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout_ms / 1000
+                    self.path,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=self._busy_timeout_ms / 1000,
                 )
                 conn.row_factory = sqlite3.Row
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -92,7 +96,7 @@ class Database:
                 conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
                 conn.execute("PRAGMA foreign_keys=ON")
                 return conn
-            return psycopg.connect(self.url, row_factory=dict_row, autocommit=True)  # type: ignore[arg-type]
+            return psycopg.connect(self.url, row_factory=dict_row, autocommit=True)
         except (sqlite3.Error, psycopg.Error) as exc:
             raise StoreError(f"cannot open the store: {exc}") from exc
 
@@ -108,10 +112,8 @@ class Database:
     def close(self) -> None:
         with self._all_lock:
             for conn in self._all:
-                try:
+                with contextlib.suppress(Exception):  # closing a broken connection is best effort
                     conn.close()
-                except Exception:  # noqa: S110 - closing a broken connection is best effort
-                    pass
             self._all.clear()
         self._local = threading.local()
 

@@ -1,27 +1,10 @@
-"""Versioned schema migrations, applied in order, each once, under a lock (several replicas may start at
-once). A migration is portable SQL in which `{bigint}` is spelled per dialect. Append new migrations; never edit an applied one."""
-
-from __future__ import annotations
-
-import time
-from dataclasses import dataclass
+"""Identity, the event log with its chain head, and the Bridge's projections."""
 
 from gatehouse.audit.chain import GENESIS_HASH
-from gatehouse.store.db import Database
 
+NAME = "identity, event log, bridge projections"
 
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        1,
-        "identity, event log, bridge projections",
-        f"""
+SQL = f"""
 CREATE TABLE users (
   id TEXT PRIMARY KEY,
   name TEXT NOT NULL UNIQUE,
@@ -132,39 +115,4 @@ CREATE TABLE sessions (
   reasoning_tokens {{bigint}} NOT NULL DEFAULT 0
 );
 CREATE INDEX sessions_last_at ON sessions (last_at);
-""",
-    ),
-)
-
-_TYPES = {
-    "sqlite": {"bigint": "INTEGER"},
-    "postgresql": {"bigint": "BIGINT"},
-}
-
-
-def migrate(db: Database) -> list[int]:
-    """Apply pending migrations; return the versions applied. Safe to run from several processes."""
-    applied: list[int] = []
-    with db.transaction() as tx:
-        if db.dialect == "postgresql":
-            tx.execute("SELECT pg_advisory_xact_lock(7410001)")
-        tx.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-            " applied_at BIGINT NOT NULL)"
-        )
-        done = {r["version"] for r in tx.all("SELECT version FROM schema_migrations")}
-        for migration in MIGRATIONS:
-            if migration.version in done:
-                continue
-            for statement in _statements(migration.sql.format(**_TYPES[db.dialect])):
-                tx.execute(statement)
-            tx.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, int(time.time())),
-            )
-            applied.append(migration.version)
-    return applied
-
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";\n") if s.strip()]
+"""

@@ -1,0 +1,71 @@
+"""Versioned schema migrations, applied in order, each once, under a lock (several replicas may start at
+once).
+
+Each migration is a module `mNNNN_<name>.py` in this package defining `NAME` and `SQL`: portable SQL in
+which `{bigint}` is spelled per dialect. Add a module with the next number; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import time
+from dataclasses import dataclass
+
+from gatehouse.store.db import Database
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def discover() -> tuple[Migration, ...]:
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("m") and info.name[1:5].isdigit():
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            found.append(Migration(int(info.name[1:5]), module.NAME, module.SQL))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two migrations share a number: {versions}")
+    return tuple(found)
+
+
+MIGRATIONS = discover()
+
+_TYPES = {
+    "sqlite": {"bigint": "INTEGER"},
+    "postgresql": {"bigint": "BIGINT"},
+}
+
+
+def migrate(db: Database) -> list[int]:
+    """Apply pending migrations; return the versions applied. Safe to run from several processes."""
+    applied: list[int] = []
+    with db.transaction() as tx:
+        if db.dialect == "postgresql":
+            tx.execute("SELECT pg_advisory_xact_lock(7410001)")
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at BIGINT NOT NULL)"
+        )
+        done = {r["version"] for r in tx.all("SELECT version FROM schema_migrations")}
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            for statement in _statements(migration.sql.format(**_TYPES[db.dialect])):
+                tx.execute(statement)
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, int(time.time())),
+            )
+            applied.append(migration.version)
+    return applied
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";\n") if s.strip()]
