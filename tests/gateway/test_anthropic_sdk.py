@@ -56,19 +56,27 @@ def test_streaming_passes_events_through_and_records_time_to_first_token(stack: 
     [row] = stack.interceptions()
     assert row["stream"] == 1 and row["status"] == 200 and row["error"] is None
     assert row["ttft_ms"] is not None and 0 < row["ttft_ms"] <= row["latency_ms"]
-    assert (row["input_tokens"], row["output_tokens"]) == (final.usage.input_tokens, final.usage.output_tokens)
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        final.usage.input_tokens,
+        final.usage.output_tokens,
+    )
     [response] = stack.events("llm.response")
     details = orjson.loads(response["details"])
     assert details["thinking"] and details["thinking"][0] == final.content[0].thinking  # type: ignore[union-attr]
 
 
 async def test_async_streaming_and_cache_tokens(stack: Stack) -> None:
-    async with anthropic.AsyncAnthropic(base_url=stack.anthropic_url, api_key=stack.token, max_retries=0) as c:
+    async with anthropic.AsyncAnthropic(
+        base_url=stack.anthropic_url, api_key=stack.token, max_retries=0
+    ) as c:
         system = [{"type": "text", "text": "You are terse. " * 50, "cache_control": {"type": "ephemeral"}}]
         usages = []
         for _ in range(2):
             async with c.messages.stream(
-                model=MODEL, max_tokens=100, system=system, messages=[{"role": "user", "content": "hi"}]  # type: ignore[arg-type]
+                model=MODEL,
+                max_tokens=100,
+                system=system,
+                messages=[{"role": "user", "content": "hi"}],  # type: ignore[arg-type]
             ) as stream:
                 usages.append((await stream.get_final_message()).usage)
     rows = stack.interceptions()

@@ -21,8 +21,14 @@ BODY = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content
 
 
 def post_messages(stack: Stack, body: bytes, token: str | None = None, **headers: str) -> httpx.Response:
-    h = {"x-api-key": token or stack.token, "anthropic-version": "2023-06-01", "content-type": "application/json"}
-    return httpx.post(f"{stack.anthropic_url}/v1/messages", content=body, headers={**h, **headers}, timeout=30)
+    h = {
+        "x-api-key": token or stack.token,
+        "anthropic-version": "2023-06-01",
+        "content-type": "application/json",
+    }
+    return httpx.post(
+        f"{stack.anthropic_url}/v1/messages", content=body, headers={**h, **headers}, timeout=30
+    )
 
 
 def anthropic_error(response: httpx.Response) -> tuple[int, str, str]:
@@ -76,7 +82,9 @@ def test_unknown_provider_and_route_are_404_and_never_proxied(stack: Stack) -> N
     assert anthropic_error(r)[:2] == (404, "not_found_error")
     r = httpx.get(f"{stack.anthropic_url}/v1/files", headers={"x-api-key": stack.token})
     assert anthropic_error(r)[:2] == (404, "not_found_error")
-    r = httpx.post(f"{stack.openai_url}/embeddings", json={}, headers={"authorization": f"Bearer {stack.token}"})
+    r = httpx.post(
+        f"{stack.openai_url}/embeddings", json={}, headers={"authorization": f"Bearer {stack.token}"}
+    )
     assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
     assert stack.sim.requests() == []
 
@@ -84,7 +92,9 @@ def test_unknown_provider_and_route_are_404_and_never_proxied(stack: Stack) -> N
 def test_unknown_model_upstream_404_passes_through_and_is_recorded(stack: Stack) -> None:
     c = anthropic.Anthropic(base_url=stack.anthropic_url, api_key=stack.token, max_retries=0)
     with pytest.raises(anthropic.NotFoundError):
-        c.messages.create(model="sim-unknown-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        c.messages.create(
+            model="sim-unknown-model", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
     [row] = stack.interceptions()
     assert (row["decision"], row["status"], row["model"]) == ("allow", 404, "sim-unknown-model")
     assert row["error"].startswith("upstream error")
@@ -120,8 +130,12 @@ def test_missing_invalid_expired_and_revoked_tokens_are_401(stack: Stack) -> Non
     assert sorted(reasons) == ["expired token", "malformed token", "revoked token", "unknown token"]
 
 
-@pytest.mark.parametrize(("fault", "error"), [("429", anthropic.RateLimitError), ("500", anthropic.InternalServerError)])
-def test_upstream_errors_pass_through_and_are_recorded(stack: Stack, fault: str, error: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    ("fault", "error"), [("429", anthropic.RateLimitError), ("500", anthropic.InternalServerError)]
+)
+def test_upstream_errors_pass_through_and_are_recorded(
+    stack: Stack, fault: str, error: type[Exception]
+) -> None:
     stack.sim.fault(fault)
     c = anthropic.Anthropic(base_url=stack.anthropic_url, api_key=stack.token, max_retries=0)
     with pytest.raises(error) as exc:
@@ -146,9 +160,10 @@ def test_upstream_timeout_is_504_and_recorded(make_stack: StackFactory) -> None:
 def test_upstream_disconnect_mid_stream_ends_the_stream_with_an_error_event(stack: Stack) -> None:
     stack.sim.fault("disconnect", after_events=4)
     c = anthropic.Anthropic(base_url=stack.anthropic_url, api_key=stack.token, max_retries=0)
-    with pytest.raises(anthropic.APIStatusError), c.messages.stream(
-        model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "x"}]
-    ) as stream:
+    with (
+        pytest.raises(anthropic.APIStatusError),
+        c.messages.stream(model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "x"}]) as stream,
+    ):
         for _ in stream:
             pass
     row = _wait(lambda: [r for r in stack.interceptions() if r["status"] is not None], 1)[0]
@@ -165,8 +180,9 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_request(
     host = urlsplit(stack.url)
     body = orjson.dumps({**BODY, "stream": True, "max_tokens": 4000})
     request = (
-        f"POST /bridge/anthropic/v1/messages HTTP/1.1\r\nHost: {host.netloc}\r\nx-api-key: {stack.token}\r\n"
-        f"anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"POST /bridge/anthropic/v1/messages HTTP/1.1\r\nHost: {host.netloc}\r\n"
+        f"x-api-key: {stack.token}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
     ).encode() + body
     with socket.create_connection((host.hostname, host.port)) as sock:
         sock.sendall(request)

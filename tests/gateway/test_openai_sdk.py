@@ -65,8 +65,16 @@ async def test_async_chat_stream_with_usage_and_tool_round_trip(stack: Stack) ->
         [call] = calls.values()
         assert call["name"] == "read_file" and json.loads(call["arguments"]) == {"path": "/etc/hostname"}
         messages += [
-            {"role": "assistant", "tool_calls": [{"id": call["id"], "type": "function", "function": {
-                "name": call["name"], "arguments": call["arguments"]}}]},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["name"], "arguments": call["arguments"]},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": call["id"], "content": "buildbox"},
         ]
         final = await c.chat.completions.create(model=MODEL, messages=messages, tools=[TOOL])  # type: ignore[arg-type,list-item]
@@ -113,7 +121,12 @@ def test_responses_function_call_round_trip(stack: Stack, streaming: bool) -> No
         tools=tools,  # type: ignore[arg-type]
         input=[
             {"role": "user", "content": "read_file /tmp/notes.txt"},
-            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
             {"type": "function_call_output", "call_id": call.call_id, "output": "remember the milk"},
         ],
     )

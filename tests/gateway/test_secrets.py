@@ -15,7 +15,9 @@ from gatehouse.config import BridgeSettings, CapturePolicy
 from tests.gateway.conftest import UPSTREAM_KEY, StackFactory
 
 
-def test_keys_never_cross_over_or_get_recorded(make_stack: StackFactory, caplog: pytest.LogCaptureFixture) -> None:
+def test_keys_never_cross_over_or_get_recorded(
+    make_stack: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     stack = make_stack(bridge=BridgeSettings(capture=CapturePolicy.FULL))
     seen_by_client: list[str] = []
@@ -31,7 +33,9 @@ def test_keys_never_cross_over_or_get_recorded(make_stack: StackFactory, caplog:
         http_client=httpx2.Client(event_hooks={"response": [keep]}),
     )
     a.messages.create(model="claude-sonnet-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
-    with a.messages.stream(model="claude-sonnet-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}]) as s:
+    with a.messages.stream(
+        model="claude-sonnet-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+    ) as s:
         s.get_final_message()
     a.models.list()
     o = openai.OpenAI(

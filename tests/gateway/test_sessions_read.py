@@ -23,14 +23,19 @@ def drive_session(stack: Stack) -> str:
     call = next(b for b in first.content if b.type == "tool_use")
     messages += [
         {"role": "assistant", "content": [b.model_dump() for b in first.content]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "-3C, snow"}]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "-3C, snow"}],
+        },
     ]
     c.messages.create(model="claude-sonnet-5", max_tokens=100, tools=[TOOL], messages=messages)  # type: ignore[list-item,arg-type]
     return str(stack.interceptions()[0]["session_id"])
 
 
 def run_cli(stack: Stack, *args: str) -> str:
-    result = CliRunner().invoke(cli, list(args), env={"GATEHOUSE_STORE__URL": stack.db.url}, catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, list(args), env={"GATEHOUSE_STORE__URL": stack.db.url}, catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -41,8 +46,16 @@ def test_cli_lists_filters_and_shows_a_session(stack: Stack) -> None:
     assert [s["id"] for s in listed] == [session_id]
     assert listed[0]["interceptions"] == 2 and listed[0]["tool_calls"] == 1
     assert orjson.loads(run_cli(stack, "sessions", "list", "--agent", "someone-else", "--json")) == []
-    assert orjson.loads(run_cli(stack, "sessions", "list", "--from", "2001-01-01", "--to", "2001-01-02", "--json")) == []
-    assert len(orjson.loads(run_cli(stack, "sessions", "list", "--client", "anthropic-sdk-python", "--json"))) == 1
+    assert (
+        orjson.loads(
+            run_cli(stack, "sessions", "list", "--from", "2001-01-01", "--to", "2001-01-02", "--json")
+        )
+        == []
+    )
+    assert (
+        len(orjson.loads(run_cli(stack, "sessions", "list", "--client", "anthropic-sdk-python", "--json")))
+        == 1
+    )
 
     shown = orjson.loads(run_cli(stack, "sessions", "show", session_id, "--json"))
     first, second = shown["interceptions"]
