@@ -7,9 +7,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from tests.stack import StackFactory
 
 import harness
-from tests.stack import StackFactory
 
 pytestmark = pytest.mark.cli
 
