@@ -25,8 +25,10 @@ base_url = "http://127.0.0.1:8081/"
 api_key = "env:UPSTREAM_KEY"
 """,
     )
-    settings = load_settings(path, {"UPSTREAM_KEY": "sk-secret", "GATEHOUSE_SERVER__PORT": "9100",
-                                    "GATEHOUSE_BRIDGE__CAPTURE": "full"})
+    settings = load_settings(
+        path,
+        {"UPSTREAM_KEY": "sk-secret", "GATEHOUSE_SERVER__PORT": "9100", "GATEHOUSE_BRIDGE__CAPTURE": "full"},
+    )
     assert settings.server.port == 9100
     assert settings.bridge.capture == "full"
     provider = settings.providers["anthropic"]
@@ -58,7 +60,9 @@ base_url = "ftp://nope"
 
 
 def test_missing_secret_reference_and_bad_toml(tmp_path: Path) -> None:
-    path = write(tmp_path, '[providers.a]\ntype = "openai"\nbase_url = "http://x"\napi_key = "env:NOPE_NOT_SET"\n')
+    path = write(
+        tmp_path, '[providers.a]\ntype = "openai"\nbase_url = "http://x"\napi_key = "env:NOPE_NOT_SET"\n'
+    )
     with pytest.raises(ConfigError, match="NOPE_NOT_SET is not set"):
         load_settings(path, {})
     with pytest.raises(ConfigError, match="invalid TOML"):

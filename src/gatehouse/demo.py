@@ -21,7 +21,7 @@ import httpx
 
 WORKDIR = Path(".gatehouse/demo")
 UPSTREAM_KEY = "sk-demo-upstream-key"  # what the simulator expects; agents never see it
-TOOLS = [
+TOOLS: list[Any] = [
     {
         "name": "read_file",
         "description": "Read a file from the repository",
@@ -30,7 +30,11 @@ TOOLS = [
     {
         "name": "run_tests",
         "description": "Run the test suite",
-        "input_schema": {"type": "object", "properties": {"target": {"type": "string"}}, "required": ["target"]},
+        "input_schema": {
+            "type": "object",
+            "properties": {"target": {"type": "string"}},
+            "required": ["target"],
+        },
     },
 ]
 
@@ -64,7 +68,11 @@ api_key = "env:DEMO_UPSTREAM_KEY"
     with ExitStack() as stack:
         _step("starting the simulated Anthropic upstream and Gatehouse")
         for args, port, log in (
-            (["simulate", "--port", str(sim_port), "--api-key", UPSTREAM_KEY, "--chunk-delay-ms", "5"], sim_port, "sim"),
+            (
+                ["simulate", "--port", str(sim_port), "--api-key", UPSTREAM_KEY, "--chunk-delay-ms", "5"],
+                sim_port,
+                "sim",
+            ),
             (["serve"], gh_port, "gatehouse"),
         ):
             out = (WORKDIR / f"{log}.log").open("w")
@@ -74,9 +82,35 @@ api_key = "env:DEMO_UPSTREAM_KEY"
 
         _step("creating a user, an agent and a token (gatehouse users/agents/tokens create)")
         _run([*gatehouse, "users", "create", "dana", "--role", "admin"], env)
-        _run([*gatehouse, "agents", "create", "refactor-bot", "--owner", "dana", "--description", "demo agent"], env)
-        token = _run([*gatehouse, "tokens", "create", "--user", "dana", "--agent", "refactor-bot", "--ttl", "1h",
-                      "--json"], env, show=False)
+        _run(
+            [
+                *gatehouse,
+                "agents",
+                "create",
+                "refactor-bot",
+                "--owner",
+                "dana",
+                "--description",
+                "demo agent",
+            ],
+            env,
+        )
+        token = _run(
+            [
+                *gatehouse,
+                "tokens",
+                "create",
+                "--user",
+                "dana",
+                "--agent",
+                "refactor-bot",
+                "--ttl",
+                "1h",
+                "--json",
+            ],
+            env,
+            show=False,
+        )
         secret = _json(token)["token"]
         print(f"  token {secret[:12]}… (shown once, stored only as a hash)")
 
@@ -102,14 +136,20 @@ def _agent_loop(base_url: str, token: str) -> str:
     client = anthropic.Anthropic(
         base_url=base_url, api_key=token, max_retries=0, default_headers={"X-Gatehouse-Session": session}
     )
-    tool_output = {"read_file": "def add(a, b):\n    return a - b\n", "run_tests": "1 failed: test_add (2 != 0)"}
+    tool_output = {
+        "read_file": "def add(a, b):\n    return a - b\n",
+        "run_tests": "1 failed: test_add (2 != 0)",
+    }
     messages: list[dict[str, Any]] = []
     for task in ("Use read_file on /src/calc.py and tell me what it does.", "Now run_tests target=calc."):
         print(f"  user: {task}")
         messages.append({"role": "user", "content": task})
         while True:
             with client.messages.stream(
-                model="claude-sonnet-5", max_tokens=512, tools=TOOLS, messages=messages  # type: ignore[arg-type]
+                model="claude-sonnet-5",
+                max_tokens=512,
+                tools=TOOLS,
+                messages=messages,  # type: ignore[arg-type]
             ) as stream:
                 reply = stream.get_final_message()
             messages.append({"role": "assistant", "content": [b.model_dump() for b in reply.content]})
@@ -124,7 +164,8 @@ def _agent_loop(base_url: str, token: str) -> str:
                 {
                     "role": "user",
                     "content": [
-                        {"type": "tool_result", "tool_use_id": c.id, "content": tool_output[c.name]} for c in calls
+                        {"type": "tool_result", "tool_use_id": c.id, "content": tool_output[c.name]}
+                        for c in calls
                     ],
                 }
             )
@@ -136,7 +177,7 @@ def _step(text: str) -> None:
 
 
 def _run(args: list[str], env: dict[str, str], *, show: bool = True) -> str:
-    done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"command failed: {' '.join(args[2:])}\n{done.stdout}{done.stderr}")
     if show:

@@ -33,8 +33,8 @@ def serve_in_thread(
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        bound.append(f"http://{host}:{sockets[0].getsockname()[1]}")
+        sockets = runner.addresses
+        bound.append(f"http://{host}:{sockets[0][1]}")
         ready.set()
         await stop.wait()
         await runner.cleanup()

@@ -20,7 +20,9 @@ def parse_time(text: str, *, now_us: int | None = None) -> int:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"cannot read time {text!r}: use ISO 8601 (2026-11-17T03:00) or an age like 30m, 24h, 7d")
+        raise ValueError(
+            f"cannot read time {text!r}: use ISO 8601 (2026-11-17T03:00) or an age like 30m, 24h, 7d"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1_000_000)
@@ -37,4 +39,6 @@ def parse_duration(text: str) -> int:
 def iso(us: int | None) -> str | None:
     if us is None:
         return None
-    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )

@@ -43,7 +43,9 @@ async def test_append_returns_only_after_commit(db: Database) -> None:
         # A separate connection sees it: it is committed, not merely queued.
         other = Database(db.url)
         try:
-            assert other.query_one("SELECT kind FROM events WHERE id = ?", (event.id,)) == {"kind": "test.durable"}
+            assert other.query_one("SELECT kind FROM events WHERE id = ?", (event.id,)) == {
+                "kind": "test.durable"
+            }
         finally:
             other.close()
         assert event.seq == 1 and event.hash

@@ -28,7 +28,11 @@ _KINDS: dict[str, tuple[int, str, str]] = {
     "internal": (500, "api_error", "server_error"),
 }
 
-OPENAI_CODES = {"authentication": "invalid_api_key", "not_found": "not_found", "too_large": "request_too_large"}
+OPENAI_CODES = {
+    "authentication": "invalid_api_key",
+    "not_found": "not_found",
+    "too_large": "request_too_large",
+}
 
 
 class BridgeError(Exception):

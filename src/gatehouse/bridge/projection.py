@@ -29,8 +29,9 @@ def _request(tx: Tx, event: Event) -> None:
     d = event.details
     refused = event.decision != "allow"
     tx.execute(
-        "INSERT INTO interceptions (id, session_id, parent_id, started_at, ended_at, user_id, agent_id, token_id,"
-        " client, client_session, provider, model, route, stream, decision, status, error, last_prompt)"
+        "INSERT INTO interceptions (id, session_id, parent_id, started_at, ended_at, user_id, agent_id,"
+        " token_id, client, client_session, provider, model, route, stream, decision, status, error,"
+        " last_prompt)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             event.id,
@@ -54,8 +55,8 @@ def _request(tx: Tx, event: Event) -> None:
         ),
     )
     tx.execute(
-        "INSERT INTO sessions (id, user_id, agent_id, client, provider, model, started_at, last_at, interceptions,"
-        " errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO UPDATE SET"
+        "INSERT INTO sessions (id, user_id, agent_id, client, provider, model, started_at, last_at,"
+        " interceptions, errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO UPDATE SET"
         " last_at = excluded.last_at, model = excluded.model, interceptions = sessions.interceptions + 1,"
         " errors = sessions.errors + excluded.errors",
         (
@@ -81,7 +82,15 @@ def _response(tx: Tx, event: Event) -> None:
         "UPDATE interceptions SET ended_at = ?, status = ?, error = ?, latency_ms = ?, ttft_ms = ?,"
         " input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?,"
         " reasoning_tokens = ? WHERE id = ?",
-        (event.ts, d.get("status"), d.get("error"), d.get("latency_ms"), d.get("ttft_ms"), *counts, event.parent),
+        (
+            event.ts,
+            d.get("status"),
+            d.get("error"),
+            d.get("latency_ms"),
+            d.get("ttft_ms"),
+            *counts,
+            event.parent,
+        ),
     )
     calls = d.get("tool_calls") or []
     tx.executemany(

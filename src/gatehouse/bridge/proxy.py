@@ -163,7 +163,8 @@ class Bridge:
         secret = _presented_token(request)
         if secret is None:
             raise BridgeError(
-                "authentication", "missing API key: send your Gatehouse token as x-api-key or Authorization: Bearer"
+                "authentication",
+                "missing API key: send your Gatehouse token as x-api-key or Authorization: Bearer",
             )
         try:
             return await self.identity.authenticate(secret)
@@ -182,7 +183,9 @@ class Bridge:
                     },
                 )
             )
-            raise BridgeError("authentication", "invalid API key: the Gatehouse token is unknown, expired or revoked")
+            raise BridgeError(
+                "authentication", "invalid API key: the Gatehouse token is unknown, expired or revoked"
+            ) from None
 
     # -- model calls -------------------------------------------------------------------------------
 
@@ -212,7 +215,9 @@ class Bridge:
             raise error from None
         await self._link_tool_results(call)
         if not any(fnmatch.fnmatchcase(call.facts.model or "", p) for p in provider.models):
-            error = BridgeError("permission", f"model {call.facts.model!r} is not allowed on provider {name!r}")
+            error = BridgeError(
+                "permission", f"model {call.facts.model!r} is not allowed on provider {name!r}"
+            )
             await self._refuse(call, error)
             raise error
         await self._record(self._request_event(call, body, "allow"), call)
@@ -223,7 +228,9 @@ class Bridge:
         try:
             upstream = await self._http.request(request.method, url, data=body, headers=headers)
         except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise await self._upstream_failed(call, "timeout", "the upstream did not answer in time") from None
+            raise await self._upstream_failed(
+                call, "timeout", "the upstream did not answer in time"
+            ) from None
         except aiohttp.ClientError as exc:
             raise await self._upstream_failed(call, "upstream", f"cannot reach the upstream: {exc}") from None
         try:
@@ -238,11 +245,15 @@ class Bridge:
         try:
             payload = await upstream.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise await self._upstream_failed(call, "upstream", f"the upstream connection failed: {exc}") from None
+            raise await self._upstream_failed(
+                call, "upstream", f"the upstream connection failed: {exc}"
+            ) from None
         facts: ResponseFacts = call.route.wire.parse_response(payload)
         if self.settings.capture is CapturePolicy.FULL:
             call.raw_response = bytearray(payload)
-        await self._record(self._response_event(call, upstream.status, facts, _error_text(upstream, facts)), call)
+        await self._record(
+            self._response_event(call, upstream.status, facts, _error_text(upstream, facts)), call
+        )
         return web.Response(status=upstream.status, body=payload, headers=_client_headers(upstream, call))
 
     async def _stream(
@@ -271,15 +282,22 @@ class Bridge:
                     finished = True
                     facts = accumulator.result()
                     try:
-                        await self._record(self._response_event(call, upstream.status, facts, _error_text(upstream, facts)), call)
+                        await self._record(
+                            self._response_event(call, upstream.status, facts, _error_text(upstream, facts)),
+                            call,
+                        )
                     except BridgeError as exc:
-                        await _write_quietly(response, stream_error_event(call.route.flavor, exc.kind, exc.message))
+                        await _write_quietly(
+                            response, stream_error_event(call.route.flavor, exc.kind, exc.message)
+                        )
                         return response
                 if not await _write_quietly(response, chunk):
                     return await self._client_gone(call, upstream, accumulator.result(), response)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            message = "the upstream connection broke mid-stream" if not isinstance(exc, TimeoutError) else (
-                "the upstream stopped sending mid-stream"
+            message = (
+                "the upstream connection broke mid-stream"
+                if not isinstance(exc, TimeoutError)
+                else ("the upstream stopped sending mid-stream")
             )
             if not finished:
                 facts = accumulator.result()
@@ -298,12 +316,18 @@ class Bridge:
         return response
 
     async def _client_gone(
-        self, call: Interception, upstream: aiohttp.ClientResponse, facts: ResponseFacts, response: web.StreamResponse
+        self,
+        call: Interception,
+        upstream: aiohttp.ClientResponse,
+        facts: ResponseFacts,
+        response: web.StreamResponse,
     ) -> web.StreamResponse:
         """The client hung up mid-stream: stop the upstream generation (closing the connection cancels
         it, and stops the spend) and record how far it got."""
         upstream.close()
-        self.writer.append_nowait(self._response_event(call, 499, facts, "the client disconnected mid-stream"))
+        self.writer.append_nowait(
+            self._response_event(call, 499, facts, "the client disconnected mid-stream")
+        )
         return response
 
     # -- metadata calls (models, count_tokens) -----------------------------------------------------
@@ -377,7 +401,8 @@ class Bridge:
         else:
             marks = ", ".join("?" for _ in ids)
             row = await self.db.aquery_one(
-                f"SELECT interception_id, session_id FROM tool_calls WHERE tool_call_id IN ({marks}) LIMIT 1", ids
+                f"SELECT interception_id, session_id FROM tool_calls WHERE tool_call_id IN ({marks}) LIMIT 1",
+                ids,
             )
             if row is None:
                 return
@@ -392,7 +417,9 @@ class Bridge:
             return text[: self.settings.capture_max_chars]
         return text
 
-    def _event(self, call: Interception, kind: str, decision: Any, details: dict[str, Any], parent: str | None) -> Event:
+    def _event(
+        self, call: Interception, kind: str, decision: Any, details: dict[str, Any], parent: str | None
+    ) -> Event:
         p = call.principal
         model = call.facts.model if call.facts else None
         return Event(
@@ -424,7 +451,12 @@ class Bridge:
             details["tools_offered"] = len(facts.tools_offered)
             details["last_prompt"] = self._capture(facts.last_user_prompt)
             details["tool_results"] = [
-                {"id": r.tool_call_id, "is_error": r.is_error, "size": r.size, "content": self._capture(r.content)}
+                {
+                    "id": r.tool_call_id,
+                    "is_error": r.is_error,
+                    "size": r.size,
+                    "content": self._capture(r.content),
+                }
                 for r in facts.tool_results
             ]
         if body is not None:
@@ -435,7 +467,9 @@ class Bridge:
         event.id = call.id
         return event
 
-    def _response_event(self, call: Interception, status: int, facts: ResponseFacts, error: str | None) -> Event:
+    def _response_event(
+        self, call: Interception, status: int, facts: ResponseFacts, error: str | None
+    ) -> Event:
         details: dict[str, Any] = {
             "status": status,
             "error": error,
@@ -445,7 +479,10 @@ class Bridge:
             "model": facts.model,
             "stop_reason": facts.stop_reason,
             "usage": facts.usage.as_dict(),
-            "tool_calls": [{"id": c.id, "name": c.name, "arguments": self._capture(c.arguments)} for c in facts.tool_calls],
+            "tool_calls": [
+                {"id": c.id, "name": c.name, "arguments": self._capture(c.arguments)}
+                for c in facts.tool_calls
+            ],
             "thinking": [self._capture(t) for t in facts.thinking],
         }
         if self.settings.capture is CapturePolicy.FULL:
@@ -467,7 +504,9 @@ class Bridge:
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise BridgeError("too_large", f"request body over the limit of {self.max_body_bytes} bytes") from None
+            raise BridgeError(
+                "too_large", f"request body over the limit of {self.max_body_bytes} bytes"
+            ) from None
 
 
 def _presented_token(request: web.Request) -> str | None:
@@ -524,7 +563,9 @@ def _filter_models(payload: bytes, patterns: list[str]) -> bytes:
 
     try:
         doc = orjson.loads(payload)
-        doc["data"] = [m for m in doc.get("data", []) if any(fnmatch.fnmatchcase(m.get("id", ""), p) for p in patterns)]
+        doc["data"] = [
+            m for m in doc.get("data", []) if any(fnmatch.fnmatchcase(m.get("id", ""), p) for p in patterns)
+        ]
         return orjson.dumps(doc)
     except (orjson.JSONDecodeError, AttributeError, TypeError):
         return payload

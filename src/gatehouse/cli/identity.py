@@ -38,7 +38,9 @@ def users_create(ctx: Context, name: str, role: str, email: str | None, as_json:
 def users_list(ctx: Context, as_json: bool) -> None:
     """List users."""
     rows = ctx.identity.list_users()
-    emit_json(rows) if as_json else emit_table(rows, ["name", "role", "email", "created_at"], times=["created_at"])
+    emit_json(rows) if as_json else emit_table(
+        rows, ["name", "role", "email", "created_at"], times=["created_at"]
+    )
 
 
 @click.group()

@@ -15,7 +15,9 @@ def emit_json(data: Any) -> None:
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
-def emit_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *, times: Sequence[str] = ()) -> None:
+def emit_table(
+    rows: Iterable[Mapping[str, Any]], columns: Sequence[str], *, times: Sequence[str] = ()
+) -> None:
     rendered = [[_cell(row.get(c), c in times) for c in columns] for row in rows]
     if not rendered:
         click.echo("(none)")

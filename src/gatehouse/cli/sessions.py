@@ -60,8 +60,18 @@ def sessions_list(
         return
     emit_table(
         rows,
-        ["id", "user", "agent", "client", "model", "interceptions", "tool_calls", "input_tokens", "output_tokens",
-         "last_at"],
+        [
+            "id",
+            "user",
+            "agent",
+            "client",
+            "model",
+            "interceptions",
+            "tool_calls",
+            "input_tokens",
+            "output_tokens",
+            "last_at",
+        ],
         times=["last_at"],
     )
 
@@ -91,13 +101,17 @@ def sessions_show(ctx: Context, session_id: str, as_json: bool) -> None:
 def _print_interception(n: int, item: dict[str, Any]) -> None:
     req, resp = item["request"], item["response"] or {}
     status = resp.get("status", req.get("status", "…"))
-    click.echo(f"\n#{n} {iso(item['started_at'])}  {req['provider']}/{req.get('model')}  {req['route']}"
-               f"{' stream' if req.get('stream') else ''}  -> {status}  [{item['decision']}]")
+    click.echo(
+        f"\n#{n} {iso(item['started_at'])}  {req['provider']}/{req.get('model')}  {req['route']}"
+        f"{' stream' if req.get('stream') else ''}  -> {status}  [{item['decision']}]"
+    )
     if req.get("last_prompt"):
         click.echo(f"  prompt: {_short(req['last_prompt'])}")
     for result in req.get("tool_results") or []:
         flag = " ERROR" if result["is_error"] else ""
-        click.echo(f"  tool result {result['id']}{flag} ({result['size']} B): {_short(result.get('content'))}")
+        click.echo(
+            f"  tool result {result['id']}{flag} ({result['size']} B): {_short(result.get('content'))}"
+        )
     if req.get("error"):
         click.echo(f"  refused: {req['error']}")
     for thought in resp.get("thinking") or []:
@@ -107,8 +121,9 @@ def _print_interception(n: int, item: dict[str, Any]) -> None:
     if resp:
         u = resp.get("usage") or {}
         click.echo(
-            f"  usage in={u.get('input_tokens')} out={u.get('output_tokens')} cache_read={u.get('cache_read_tokens')}"
-            f" cache_write={u.get('cache_write_tokens')} reasoning={u.get('reasoning_tokens')}"
+            f"  usage in={u.get('input_tokens')} out={u.get('output_tokens')}"
+            f" cache_read={u.get('cache_read_tokens')} cache_write={u.get('cache_write_tokens')}"
+            f" reasoning={u.get('reasoning_tokens')}"
             f"  latency={resp.get('latency_ms')} ms ttft={resp.get('ttft_ms')} ms"
         )
         if resp.get("error"):

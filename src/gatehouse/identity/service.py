@@ -104,7 +104,9 @@ class IdentityService:
     def create_agent(self, name: str, *, owner: str, description: str | None = None, actor: Actor) -> Row:
         _check_name(name, "agent")
         with self.db.transaction() as tx:
-            user = _find(tx.one("SELECT id, name FROM users WHERE name = ? OR id = ?", (owner, owner)), "user", owner)
+            user = _find(
+                tx.one("SELECT id, name FROM users WHERE name = ? OR id = ?", (owner, owner)), "user", owner
+            )
             if tx.one("SELECT id FROM agents WHERE name = ?", (name,)):
                 raise Conflict(f"agent {name!r} already exists")
             row = {
@@ -137,7 +139,9 @@ class IdentityService:
         created = now_us()
         expires = created + ttl_seconds * 1_000_000 if ttl_seconds else None
         with self.db.transaction() as tx:
-            u = _find(tx.one("SELECT id, name FROM users WHERE name = ? OR id = ?", (user, user)), "user", user)
+            u = _find(
+                tx.one("SELECT id, name FROM users WHERE name = ? OR id = ?", (user, user)), "user", user
+            )
             a = None
             if agent is not None:
                 a = _find(
@@ -161,7 +165,16 @@ class IdentityService:
             tx.execute(
                 "INSERT INTO tokens (id, hash, prefix, name, user_id, agent_id, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (info.id, hash_token(secret), info.prefix, name, u["id"], a["id"] if a else None, created, expires),
+                (
+                    info.id,
+                    hash_token(secret),
+                    info.prefix,
+                    name,
+                    u["id"],
+                    a["id"] if a else None,
+                    created,
+                    expires,
+                ),
             )
             append_events(tx, [_admin_event("admin.token.create", actor, f"token:{info.id}", info.as_dict())])
         return info, secret
@@ -169,7 +182,7 @@ class IdentityService:
     def revoke_token(self, token: str, *, actor: Actor) -> TokenInfo:
         """Revoke by id or visible prefix. Revoking twice is an error, so scripts notice typos."""
         with self.db.transaction() as tx:
-            rows = tx.all(_TOKEN_SELECT + " WHERE t.id = ? OR t.prefix = ?", (token, token))
+            rows = tx.all(_LIST_SQL + " WHERE t.id = ? OR t.prefix = ?", (token, token))
             if not rows:
                 raise NotFound(f"no token with id or prefix {token!r}")
             if len(rows) > 1:
@@ -205,7 +218,9 @@ class IdentityService:
         if not include_revoked:
             clauses.append("t.revoked_at IS NULL")
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        return [_token_info(r) for r in self.db.query(_TOKEN_SELECT + where + " ORDER BY t.created_at", params)]
+        return [
+            _token_info(r) for r in self.db.query(_LIST_SQL + where + " ORDER BY t.created_at", params)
+        ]
 
     # -- authentication ----------------------------------------------------------------------------
 
@@ -242,7 +257,7 @@ class IdentityService:
             pass
 
 
-_TOKEN_SELECT = (
+_LIST_SQL = (
     "SELECT t.id, t.prefix, t.name, u.name AS user_name, a.name AS agent_name, t.created_at, t.expires_at,"
     " t.revoked_at, t.last_used_at FROM tokens t JOIN users u ON u.id = t.user_id"
     " LEFT JOIN agents a ON a.id = t.agent_id"

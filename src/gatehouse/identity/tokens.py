@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-TOKEN_SCHEME = "gth_"
+TOKEN_SCHEME = "gth_"  # noqa: S105 - the public prefix of every token
 PREFIX_LENGTH = len(TOKEN_SCHEME) + 8
 
 
