@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from capture_server import CaptureServer
 
 import harness
+from capture_server import CaptureServer
 
 pytestmark = pytest.mark.cli
 

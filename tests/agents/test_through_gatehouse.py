@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from tests.stack import StackFactory
 
 import harness
