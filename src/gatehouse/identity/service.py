@@ -218,9 +218,7 @@ class IdentityService:
         if not include_revoked:
             clauses.append("t.revoked_at IS NULL")
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        return [
-            _token_info(r) for r in self.db.query(_LIST_SQL + where + " ORDER BY t.created_at", params)
-        ]
+        return [_token_info(r) for r in self.db.query(_LIST_SQL + where + " ORDER BY t.created_at", params)]
 
     # -- authentication ----------------------------------------------------------------------------
 
