@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from gatehouse.identity.oidc_settings import OIDCSettings
+
 ENV_PREFIX = "GATEHOUSE_"
 DEFAULT_CONFIG_PATH = Path("gatehouse.toml")
 
@@ -121,6 +123,7 @@ class ProviderSettings(_Section):
 
 
 class Settings(_Section):
+    oidc: OIDCSettings | None = None  # single sign-on for people; see docs/sso.md
     server: ServerSettings = Field(default_factory=ServerSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)

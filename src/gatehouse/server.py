@@ -63,6 +63,10 @@ def create_app(gh: Gatehouse) -> web.Application:
     app[GATEHOUSE] = gh
     gh.bridge.add_routes(app)
     add_api_routes(app, gh)
+    if gh.settings.oidc is not None:
+        from gatehouse.api.oidc import add_oidc_routes
+
+        add_oidc_routes(app, gh, gh.settings.oidc)
 
     async def start_writer(_app: web.Application) -> None:
         gh.writer.start()

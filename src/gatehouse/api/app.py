@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from gatehouse.api.oidc import authenticate_request
 from gatehouse.bridge.sessions import SessionFilter, list_sessions, show_session
-from gatehouse.identity.service import Actor, AuthError, Conflict, IdentityError, NotFound, Principal
+from gatehouse.identity.service import Actor, Conflict, IdentityError, NotFound, Principal
 from gatehouse.timeutil import parse_duration, parse_time
 
 if TYPE_CHECKING:
@@ -45,15 +46,7 @@ def requires(*roles: str) -> Callable[[Handler], Handler]:
     def decorate(handler: Handler) -> Handler:
         @wraps(handler)
         async def authorized(request: web.Request) -> web.StreamResponse:
-            gh = _gh(request)
-            auth = request.headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                raise Problem(401, "Unauthorized", "send a Gatehouse token as Authorization: Bearer")
-            try:
-                principal = await gh.identity.authenticate(token.strip())
-            except AuthError:
-                raise Problem(401, "Unauthorized", "the token is unknown, expired or revoked") from None
+            principal = await authenticate_request(request)
             if principal.role not in roles:
                 raise Problem(403, "Forbidden", f"role {principal.role!r} may not do this")
             request[PRINCIPAL] = principal
