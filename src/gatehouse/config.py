@@ -30,7 +30,9 @@ from pydantic import (
     model_validator,
 )
 
+from gatehouse.audit.export.settings import ExportSettings
 from gatehouse.identity.oidc_settings import OIDCSettings
+from gatehouse.metrics import MetricsSettings
 
 ENV_PREFIX = "GATEHOUSE_"
 DEFAULT_CONFIG_PATH = Path("gatehouse.toml")
@@ -129,6 +131,8 @@ class Settings(_Section):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    export: ExportSettings = Field(default_factory=ExportSettings)  # SIEM sinks; see docs/export.md
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # Prometheus; see docs/metrics.md
 
     @field_validator("providers")
     @classmethod

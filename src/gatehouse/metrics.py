@@ -1,0 +1,410 @@
+"""Prometheus metrics, derived from the audit trail.
+
+Request, token, latency and denial metrics come from committed events through an AuditWriter observer, so
+the proxy's hot path does no metrics work of its own and the numbers agree with the trail. Gauges that
+describe the present (audit queue depth, writer health, export lag per sink) are read when scraped.
+
+Labels are low-cardinality by default: provider, route, status, decision, model (as answered by the
+upstream), token type, denial reason. Per-user series (`gatehouse_llm_user_*`) exist only with
+`metrics.per_user = true`. Free-text label values (models, reasons) are capped: past 200 distinct values a
+label reads `other`.
+
+`/metrics` needs `Authorization: Bearer <token>` by default: the static `metrics.token` (for Prometheus'
+`authorization.credentials_file`), or a Gatehouse token of an owner, admin or auditor. `metrics.auth =
+"none"` serves it openly, for a port that only the monitoring network reaches. docs/metrics.md lists
+every metric.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+
+from gatehouse import __version__
+
+if TYPE_CHECKING:
+    from gatehouse.audit.events import Event
+    from gatehouse.audit.export.exporter import Exporter
+    from gatehouse.audit.writer import AuditWriter
+    from gatehouse.identity.service import IdentityService
+
+log = logging.getLogger(__name__)
+
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
+READER_ROLES = ("owner", "admin", "auditor")
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+_STATUS_REASONS = {
+    400: "invalid_request",
+    401: "authentication",
+    403: "permission",
+    404: "not_found",
+    413: "too_large",
+    429: "rate_limit",
+    503: "unavailable",
+}
+_MAX_LABEL_VALUES = 200
+_PENDING_REQUESTS = 50_000
+
+
+class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_\-/.]*$")] = "/metrics"
+    # `token`: a bearer token is required (metrics.token, or a Gatehouse token of an owner, admin or
+    # auditor). `none`: anyone who reaches the port may scrape.
+    auth: Literal["token", "none"] = "token"
+    token: SecretStr | None = None
+    # Series per user and agent (gatehouse_llm_user_*): one series per identity, so off by default.
+    per_user: bool = False
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _resolve_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        from gatehouse.config import resolve_secret_reference
+
+        environ = (info.context or {}).get("environ", os.environ)
+        return resolve_secret_reference(value, environ) if isinstance(value, str) else value
+
+
+def label_value(text: Any, default: str = "unknown") -> str:
+    """A label value from free text: lower case, [a-z0-9_.:/-], at most 64 characters."""
+    if text is None or text == "":
+        return default
+    cleaned = re.sub(r"[^a-z0-9_.:/\-]+", "_", str(text).strip().lower()).strip("_")
+    return cleaned[:64] or default
+
+
+class _Capped:
+    """Remembers which values a free-text label has taken; past the cap, new ones become `other`."""
+
+    def __init__(self, cap: int = _MAX_LABEL_VALUES) -> None:
+        self.cap = cap
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) >= self.cap:
+            return "other"
+        self.seen.add(value)
+        return value
+
+
+def _provider_from_resource(resource: str | None) -> str | None:
+    if resource and resource.startswith("llm:"):
+        return resource[4:].split("/", 1)[0]
+    return None
+
+
+def _model_from_resource(resource: str | None) -> str | None:
+    if resource and resource.startswith("llm:") and "/" in resource:
+        model = resource.split("/", 1)[1]
+        return None if model == "?" else model
+    return None
+
+
+class Metrics:
+    """The metrics of one Gatehouse process, in their own registry (not prometheus_client's global one)."""
+
+    def __init__(
+        self,
+        settings: MetricsSettings | None = None,
+        *,
+        writer: AuditWriter | None = None,
+        exporter: Exporter | None = None,
+        identity: IdentityService | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings or MetricsSettings()
+        self.writer = writer
+        self.exporter = exporter
+        self.identity = identity
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Info("gatehouse_build", "Gatehouse version.", registry=r).info({"version": __version__})
+        self.requests = Counter(
+            "gatehouse_llm_requests",
+            "Calls through the Bridge, by provider instance, route, HTTP status and decision.",
+            ["provider", "route", "status", "decision"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gatehouse_llm_tokens",
+            "Tokens reported by upstreams, by provider, model and type.",
+            ["provider", "model", "type"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gatehouse_llm_request_duration_seconds",
+            "Time from receiving an LLM call to its last byte.",
+            ["provider", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "gatehouse_llm_time_to_first_token_seconds",
+            "Time from receiving a streamed LLM call to its first token.",
+            ["provider", "route"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.denials = Counter(
+            "gatehouse_denials",
+            "Refused actions, by event kind and reason.",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "gatehouse_audit_commit_duration_seconds",
+            "Time to write one group commit of audit events.",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.commit_events = Histogram(
+            "gatehouse_audit_commit_events",
+            "Events per group commit.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.committed = Counter(
+            "gatehouse_audit_events_committed",
+            "Audit events committed by this process, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.user_requests: Any = None
+        self.user_tokens: Any = None
+        if self.settings.per_user:
+            self.user_requests = Counter(
+                "gatehouse_llm_user_requests",
+                "LLM calls per user and agent (metrics.per_user).",
+                ["user", "agent", "decision"],
+                registry=r,
+            )
+            self.user_tokens = Counter(
+                "gatehouse_llm_user_tokens",
+                "Tokens per user and agent (metrics.per_user).",
+                ["user", "agent", "type"],
+                registry=r,
+            )
+        r.register(_LiveCollector(self))
+        self._models = _Capped()
+        self._reasons = _Capped()
+        self._kinds = _Capped()
+        self._providers = _Capped()
+        self._lock = threading.Lock()
+        # llm.request id -> (provider, route, model), until its llm.response arrives.
+        self._pending: collections.OrderedDict[str, tuple[str, str, str | None]] = collections.OrderedDict()
+
+    # -- the writer observer -------------------------------------------------------------------------
+
+    def observer(self, events: Sequence[Event], seconds: float) -> None:
+        """An AuditWriter observer: called on the writer thread after each commit."""
+        self.commit_seconds.observe(seconds)
+        self.commit_events.observe(len(events))
+        with self._lock:
+            for event in events:
+                try:
+                    self._observe(event)
+                except Exception:  # a malformed event must not stop the metrics
+                    log.exception("metrics: cannot read event %s", event.kind)
+
+    def _observe(self, event: Event) -> None:
+        self.committed.labels(self._kinds(label_value(event.kind))).inc()
+        details = event.details
+        kind = event.kind
+        if kind == "llm.request":
+            provider = self._providers(
+                label_value(details.get("provider") or _provider_from_resource(event.resource))
+            )
+            route = label_value(details.get("route"))
+            if event.decision == "deny":
+                status = details.get("status")
+                self.requests.labels(provider, route, label_value(status), "deny").inc()
+                reason = (
+                    _STATUS_REASONS.get(status, f"status_{status}") if isinstance(status, int) else "denied"
+                )
+                policy = details.get("policy")
+                if isinstance(policy, dict) and policy.get("decision") == "deny":
+                    reason = f"policy_{reason}"  # a template, limit or budget refused it
+                self.denials.labels(kind, self._reasons(reason)).inc()
+                self._per_user(event, "deny", None)
+            else:
+                self._pending[event.id] = (provider, route, details.get("model"))
+                if len(self._pending) > _PENDING_REQUESTS:
+                    self._pending.popitem(last=False)
+        elif kind == "llm.response":
+            pending = self._pending.pop(event.parent or "", None)
+            if pending is not None:
+                provider, route, requested_model = pending
+            else:
+                provider = self._providers(label_value(_provider_from_resource(event.resource)))
+                route, requested_model = "unknown", None
+            status = label_value(details.get("status"))
+            self.requests.labels(provider, route, status, event.decision).inc()
+            latency = details.get("latency_ms")
+            if isinstance(latency, int | float):
+                self.duration.labels(provider, route).observe(latency / 1000)
+            ttft = details.get("ttft_ms")
+            if isinstance(ttft, int | float):
+                self.ttft.labels(provider, route).observe(ttft / 1000)
+            usage = details.get("usage") or {}
+            model_text = details.get("model") or requested_model or _model_from_resource(event.resource)
+            model = self._models(label_value(model_text))
+            for token_type in TOKEN_TYPES:
+                count = usage.get(f"{token_type}_tokens")
+                if isinstance(count, int) and count > 0:
+                    self.tokens.labels(provider, model, token_type).inc(count)
+            self._per_user(event, event.decision, usage)
+        elif kind == "llm.api":
+            provider = self._providers(
+                label_value(details.get("provider") or _provider_from_resource(event.resource))
+            )
+            self.requests.labels(
+                provider,
+                label_value(details.get("route")),
+                label_value(details.get("status")),
+                event.decision,
+            ).inc()
+        elif kind == "auth.failure":
+            provider = self._providers(label_value(_provider_from_resource(event.resource)))
+            self.requests.labels(provider, label_value(details.get("route")), "401", "deny").inc()
+            self.denials.labels(kind, self._reasons(label_value(details.get("reason"), "denied"))).inc()
+        elif event.decision == "deny":
+            self.denials.labels(
+                self._kinds(label_value(kind)), self._reasons(label_value(details.get("reason"), "denied"))
+            ).inc()
+
+    def _per_user(self, event: Event, decision: str, usage: Mapping[str, Any] | None) -> None:
+        if self.user_requests is None:
+            return
+        user, agent = event.actor_user or "none", event.actor_agent or "none"
+        self.user_requests.labels(user, agent, decision).inc()
+        for token_type in TOKEN_TYPES:
+            count = (usage or {}).get(f"{token_type}_tokens")
+            if isinstance(count, int) and count > 0:
+                self.user_tokens.labels(user, agent, token_type).inc(count)
+
+    # -- exposition ----------------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    async def authorize(self, request: web.Request) -> web.Response | None:
+        """None if the scrape may proceed, else the error response to send."""
+        if self.settings.auth == "none":
+            return None
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        credential = credential.strip()
+        challenge = {"WWW-Authenticate": 'Bearer realm="gatehouse-metrics"'}
+        if scheme.lower() != "bearer" or not credential:
+            return web.Response(status=401, text="send a bearer token\n", headers=challenge)
+        token = self.settings.token
+        if token is not None and hmac.compare_digest(credential.encode(), token.get_secret_value().encode()):
+            return None
+        if self.identity is not None:
+            from gatehouse.identity.service import AuthError
+
+            try:
+                principal = await self.identity.authenticate(credential)
+            except AuthError:
+                return web.Response(status=401, text="unknown, expired or revoked token\n", headers=challenge)
+            if principal.role in READER_ROLES:
+                return None
+            return web.Response(status=403, text=f"role {principal.role!r} may not read metrics\n")
+        return web.Response(status=401, text="invalid token\n", headers=challenge)
+
+
+class _LiveCollector:
+    """Values read at scrape time from the running writer and exporter."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []  # unchecked collector: its series vary with the configured sinks
+
+    def collect(self) -> Iterator[Any]:
+        writer = self.metrics.writer
+        if writer is not None:
+            yield GaugeMetricFamily(
+                "gatehouse_audit_queue_depth",
+                "Audit writes waiting for the writer thread.",
+                value=writer.queue_depth,
+            )
+            yield GaugeMetricFamily(
+                "gatehouse_audit_writer_healthy",
+                "1 while the audit store accepts writes, 0 while it fails.",
+                value=1 if writer.healthy else 0,
+            )
+        exporter = self.metrics.exporter
+        if exporter is not None:
+            lag = GaugeMetricFamily(
+                "gatehouse_export_lag_events",
+                "Events written but not yet delivered, per sink.",
+                labels=["sink"],
+            )
+            up = GaugeMetricFamily(
+                "gatehouse_export_up",
+                "1 if the sink's last delivery succeeded, 0 if it failed.",
+                labels=["sink"],
+            )
+            delivered = CounterMetricFamily(
+                "gatehouse_export_delivered_events",
+                "Events delivered by this process, per sink.",
+                labels=["sink"],
+            )
+            failures = CounterMetricFamily(
+                "gatehouse_export_failures", "Failed delivery attempts, per sink.", labels=["sink"]
+            )
+            skipped = CounterMetricFamily(
+                "gatehouse_export_skipped_events",
+                "Events deleted by retention before they reached the sink, per sink.",
+                labels=["sink"],
+            )
+            lags = exporter.lag()
+            for name, status in exporter.status.items():
+                if name in lags:
+                    lag.add_metric([name], lags[name])
+                if status.up is not None:
+                    up.add_metric([name], 1 if status.up else 0)
+                delivered.add_metric([name], status.delivered)
+                failures.add_metric([name], status.failures_total)
+                skipped.add_metric([name], status.skipped)
+            yield from (lag, up, delivered, failures, skipped)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def handle_metrics(request: web.Request) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    refused = await metrics.authorize(request)
+    if refused is not None:
+        return refused
+    body, content_type = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def add_metrics_route(app: web.Application, metrics: Metrics) -> None:
+    """Serve `metrics.settings.path` (default /metrics) on `app`, if metrics are enabled."""
+    if not metrics.settings.enabled:
+        return
+    app[METRICS] = metrics
+    app.router.add_get(metrics.settings.path, handle_metrics)

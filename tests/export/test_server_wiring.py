@@ -1,0 +1,81 @@
+"""The wiring proposed for server.py, end to end: a request through the Bridge reaches a JSONL sink and
+shows in /metrics; the exporter stops cleanly with the app, before the writer and the store close."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx
+import orjson
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from gatehouse.audit.export.exporter import Exporter, add_export_task
+from gatehouse.audit.export.settings import ExportSettings, JsonlSinkSettings
+from gatehouse.config import ProviderSettings, Settings, StoreSettings
+from gatehouse.identity.service import Actor
+from gatehouse.metrics import Metrics, MetricsSettings, add_metrics_route
+from gatehouse.server import Gatehouse, build, create_app
+from gatehouse.serving import serve_in_thread
+from tests.gateway.conftest import UPSTREAM_KEY, Simulator, simulator  # noqa: F401 - fixture
+
+
+@pytest.fixture
+def wired(simulator: Simulator, tmp_path: Path) -> Iterator[tuple[str, Gatehouse, Path, Exporter]]:  # noqa: F811
+    simulator.reset()
+    settings = Settings(
+        store=StoreSettings(url=f"sqlite:///{tmp_path / 'g.db'}"),
+        providers={
+            "anthropic": ProviderSettings(
+                type="anthropic", base_url=simulator.url, api_key=SecretStr(UPSTREAM_KEY)
+            )
+        },
+    )
+    export = ExportSettings(sinks={"archive": JsonlSinkSettings(type="jsonl", path=tmp_path / "audit.jsonl")})
+    gh = build(settings)
+    # -- what server.build() would add --
+    metrics = Metrics(MetricsSettings(auth="none"), identity=gh.identity)
+    exporter = Exporter(gh.db, export, provider_types={n: p.type for n, p in settings.providers.items()})
+    gh.writer.observers.extend([metrics.observer, exporter.observer])
+    metrics.writer, metrics.exporter = gh.writer, exporter
+    operator = Actor()
+    gh.identity.create_user("alice", actor=operator)
+
+    def app() -> web.Application:
+        application = create_app(gh)
+        # -- what server.create_app() would add --
+        add_metrics_route(application, metrics)
+        add_export_task(application, exporter)
+        return application
+
+    with serve_in_thread(app) as url:
+        yield url, gh, tmp_path / "audit.jsonl", exporter
+    # The app's cleanup stopped the exporter, which gave its lease back (a restart resumes at once).
+    assert exporter.status["archive"].leader is False
+    [row] = gh.db.query("SELECT owner, seq FROM export_cursors")
+    assert row["owner"] is None and row["seq"] == exporter.status["archive"].cursor
+    gh.db.close()
+
+
+def test_requests_reach_the_sink_and_the_metrics(wired: tuple[str, Gatehouse, Path, Exporter]) -> None:
+    url, gh, path, exporter = wired
+    token = gh.identity.create_token(user="alice", actor=Actor())[1]
+    client = anthropic.Anthropic(base_url=f"{url}/bridge/anthropic", api_key=token, max_retries=0)
+    client.messages.create(
+        model="claude-sonnet-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+    )
+    head = gh.db.query_one("SELECT seq FROM chain_head")
+    assert head is not None
+    deadline = time.monotonic() + 5
+    while exporter.status["archive"].cursor != head["seq"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    kinds = [orjson.loads(line)["kind"] for line in path.read_bytes().splitlines()]
+    assert kinds[-2:] == ["llm.request", "llm.response"]
+    text = httpx.get(f"{url}/metrics").text
+    series = '{decision="allow",provider="anthropic",route="messages",status="200"}'
+    assert f"gatehouse_llm_requests_total{series} 1.0" in text
+    assert 'gatehouse_export_lag_events{sink="archive"} 0.0' in text
