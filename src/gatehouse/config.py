@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from gatehouse.audit.export.settings import ExportSettings
+from gatehouse.audit.settings import RetentionSettings, SigningKey
 from gatehouse.identity.oidc_settings import OIDCSettings
 from gatehouse.metrics import MetricsSettings
 
@@ -83,6 +84,8 @@ class StoreSettings(_Section):
 class AuditSettings(_Section):
     fail_mode: FailMode = FailMode.CLOSED
     max_batch: Annotated[int, Field(gt=0, le=100_000)] = 2000
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)  # see docs/audit.md
+    signing_key: SigningKey = None  # Ed25519 key signing checkpoints (env:/file:)
 
 
 class BridgeSettings(_Section):

@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from gatehouse import __version__
+from gatehouse.cli.audit import audit
+from gatehouse.cli.audit_export import export
 from gatehouse.cli.context import Context
 from gatehouse.cli.identity import agents, tokens, users
 from gatehouse.cli.serve import migrate_command, serve
@@ -33,7 +35,8 @@ def cli(ctx: click.Context, config: Path | None) -> None:
     ctx.obj = Context(config)
 
 
-for command in (serve, migrate_command, users, agents, tokens, sessions, simulate):
+audit.add_command(export)
+for command in (serve, migrate_command, users, agents, tokens, sessions, audit, simulate):
     cli.add_command(command)
 
 

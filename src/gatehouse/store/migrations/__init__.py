@@ -2,7 +2,9 @@
 once).
 
 Each migration is a module `mNNNN_<name>.py` in this package defining `NAME` and `SQL`: portable SQL in
-which `{bigint}` is spelled per dialect. Add a module with the next number; never edit an applied one.
+which `{bigint}` is spelled per dialect. A migration that needs dialect-specific DDL (an FTS5 table, a GIN
+index) defines `SQL_SQLITE` and `SQL_POSTGRESQL` instead of `SQL`. Add a module with the next number;
+never edit an applied one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from gatehouse.store.db import Database
 class Migration:
     version: int
     name: str
-    sql: str
+    sql: str  # portable SQL, or "" when the module gives one script per dialect
+    sql_sqlite: str = ""
+    sql_postgresql: str = ""
+
+    def script(self, dialect: str) -> str:
+        if self.sql:
+            return self.sql
+        return self.sql_sqlite if dialect == "sqlite" else self.sql_postgresql
 
 
 def discover() -> tuple[Migration, ...]:
@@ -27,7 +36,15 @@ def discover() -> tuple[Migration, ...]:
     for info in pkgutil.iter_modules(__path__):
         if info.name.startswith("m") and info.name[1:5].isdigit():
             module = importlib.import_module(f"{__name__}.{info.name}")
-            found.append(Migration(int(info.name[1:5]), module.NAME, module.SQL))
+            found.append(
+                Migration(
+                    int(info.name[1:5]),
+                    module.NAME,
+                    getattr(module, "SQL", ""),
+                    getattr(module, "SQL_SQLITE", ""),
+                    getattr(module, "SQL_POSTGRESQL", ""),
+                )
+            )
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
@@ -57,7 +74,7 @@ def migrate(db: Database) -> list[int]:
         for migration in MIGRATIONS:
             if migration.version in done:
                 continue
-            for statement in _statements(migration.sql.format(**_TYPES[db.dialect])):
+            for statement in _statements(migration.script(db.dialect).format(**_TYPES[db.dialect])):
                 tx.execute(statement)
             tx.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
