@@ -34,6 +34,7 @@ from gatehouse.audit.export.settings import ExportSettings
 from gatehouse.audit.settings import RetentionSettings, SigningKey
 from gatehouse.identity.oidc_settings import OIDCSettings
 from gatehouse.metrics import MetricsSettings
+from gatehouse.policy.settings import PolicySettings
 
 ENV_PREFIX = "GATEHOUSE_"
 DEFAULT_CONFIG_PATH = Path("gatehouse.toml")
@@ -136,6 +137,7 @@ class Settings(_Section):
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     export: ExportSettings = Field(default_factory=ExportSettings)  # SIEM sinks; see docs/export.md
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # Prometheus; see docs/metrics.md
+    policy: PolicySettings = Field(default_factory=PolicySettings)  # see docs/policy.md
 
     @field_validator("providers")
     @classmethod

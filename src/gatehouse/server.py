@@ -11,6 +11,9 @@ from gatehouse.bridge.projection import project_bridge_events
 from gatehouse.bridge.proxy import Bridge
 from gatehouse.config import FailMode, Settings
 from gatehouse.identity.service import IdentityService
+from gatehouse.policy.engine import PolicyEngine
+from gatehouse.policy.settings import PolicySettings, policy_settings
+from gatehouse.policy.spend import SpendProjection
 from gatehouse.store.db import Database
 from gatehouse.store.migrations import migrate
 
@@ -22,6 +25,7 @@ class Gatehouse:
     writer: AuditWriter
     identity: IdentityService
     bridge: Bridge
+    policy: PolicyEngine | None = None
 
 
 def open_store(settings: Settings) -> Database:
@@ -32,16 +36,19 @@ def open_store(settings: Settings) -> Database:
     )
 
 
-def build(settings: Settings) -> Gatehouse:
+def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gatehouse:
+    """`policy` overrides `settings.policy` (tests, benchmarks)."""
     db = open_store(settings)
     migrate(db)
+    policy = policy or policy_settings(settings)
     writer = AuditWriter(
         db,
-        projections=[project_bridge_events],
+        projections=[project_bridge_events, SpendProjection(policy.timezone)],
         max_batch=settings.audit.max_batch,
         fail_open=settings.audit.fail_mode is FailMode.OPEN,
     )
     identity = IdentityService(db)
+    engine = PolicyEngine(db, policy, writer=writer, providers=settings.providers)
     bridge = Bridge(
         providers=settings.providers,
         settings=settings.bridge,
@@ -49,8 +56,9 @@ def build(settings: Settings) -> Gatehouse:
         writer=writer,
         identity=identity,
         max_body_bytes=settings.server.max_body_bytes,
+        policy=engine,
     )
-    return Gatehouse(settings=settings, db=db, writer=writer, identity=identity, bridge=bridge)
+    return Gatehouse(settings=settings, db=db, writer=writer, identity=identity, bridge=bridge, policy=engine)
 
 
 GATEHOUSE = web.AppKey("gatehouse", Gatehouse)
@@ -58,6 +66,7 @@ GATEHOUSE = web.AppKey("gatehouse", Gatehouse)
 
 def create_app(gh: Gatehouse) -> web.Application:
     from gatehouse.api.app import add_api_routes
+    from gatehouse.api.policy import add_policy_routes
 
     app = web.Application(client_max_size=gh.settings.server.max_body_bytes)
     app[GATEHOUSE] = gh
@@ -67,6 +76,7 @@ def create_app(gh: Gatehouse) -> web.Application:
         from gatehouse.api.oidc import add_oidc_routes
 
         add_oidc_routes(app, gh, gh.settings.oidc)
+    add_policy_routes(app, gh)
 
     async def start_writer(_app: web.Application) -> None:
         gh.writer.start()
@@ -75,6 +85,16 @@ def create_app(gh: Gatehouse) -> web.Application:
         gh.writer.close()
         gh.db.close()
 
+    async def start_policy(_app: web.Application) -> None:
+        if gh.policy is not None:
+            await gh.policy.start()
+
+    async def stop_policy(_app: web.Application) -> None:
+        if gh.policy is not None:
+            await gh.policy.close()
+
     app.on_startup.insert(0, start_writer)
+    app.on_startup.append(start_policy)
+    app.on_cleanup.insert(0, stop_policy)
     app.on_cleanup.append(stop_writer)
     return app

@@ -3,12 +3,14 @@
 One interception, top to bottom:
   1. find the provider instance and route (404 in the provider's format otherwise);
   2. authenticate the Gatehouse token (401), read the body within the limit (413), parse what must be
-     recorded (400), check the model against the provider's allowlist (403);
+     recorded (400), check the model against the provider's allowlist (403), ask the policy engine
+     (template rules 403, budgets 403, rate limits 429), which reserves the call's maximum cost;
   3. append `llm.request` and wait until it is durable (503 if it cannot be, unless fail-open);
   4. forward with the upstream key in place of the client's token; stream the answer back chunk by chunk
      while a copy feeds the wire-format accumulator;
   5. append `llm.response` and wait until it is durable before the last byte (the `message_stop`,
-     `[DONE]` or `response.completed` event) reaches the client, so an acknowledged call is a recorded one.
+     `[DONE]` or `response.completed` event) reaches the client, so an acknowledged call is a recorded one;
+  6. settle the policy reservation on the usage the upstream reported.
 
 Every refusal is itself an event. Bytes pass through untouched: the parsers only observe.
 """
@@ -30,12 +32,13 @@ from gatehouse.audit.events import Event, new_id, now_us
 from gatehouse.audit.writer import AuditUnavailable, AuditWriter
 from gatehouse.bridge.clients import client_session_id, detect_client
 from gatehouse.bridge.errors import BridgeError, Flavor, error_response, stream_error_event
-from gatehouse.bridge.facts import InvalidRequest, RequestFacts, ResponseFacts
+from gatehouse.bridge.facts import InvalidRequest, RequestFacts, ResponseFacts, Usage
 from gatehouse.bridge.projection import REQUEST, RESPONSE
 from gatehouse.bridge.routes import Route, guess_flavor, match_route
 from gatehouse.bridge.sse import SSEParser
 from gatehouse.config import BridgeSettings, CapturePolicy, ProviderSettings
 from gatehouse.identity.service import AuthError, IdentityService, Principal
+from gatehouse.policy.engine import Admission, PolicyEngine, PolicyRefusal
 from gatehouse.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -96,6 +99,8 @@ class Interception:
     ttft_ms: float | None = None
     raw_response: bytearray | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    admission: Admission | None = None  # what the policy engine reserved for this call
+    usage: Usage | None = None  # what the upstream reported, once the call ended
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 3)
@@ -111,8 +116,10 @@ class Bridge:
         writer: AuditWriter,
         identity: IdentityService,
         max_body_bytes: int,
+        policy: PolicyEngine | None = None,
     ) -> None:
         self.providers = providers
+        self.policy = policy
         self.settings = settings
         self.db = db
         self.writer = writer
@@ -220,8 +227,27 @@ class Bridge:
             )
             await self._refuse(call, error)
             raise error
-        await self._record(self._request_event(call, body, "allow"), call)
+        if self.policy is not None:
+            try:
+                call.admission = await self.policy.admit(
+                    principal, name, call.facts, len(body), openai=route.flavor == "openai"
+                )
+            except PolicyRefusal as refusal:
+                call.details["policy"] = refusal.details
+                error = BridgeError(refusal.kind, refusal.message, headers=refusal.headers)
+                await self._refuse(call, error)
+                raise error from None
+            call.details["policy"] = call.admission.details
+        try:
+            await self._record(self._request_event(call, body, "allow"), call)
+            return await self._forward(request, call, provider, body)
+        finally:
+            if call.admission is not None and self.policy is not None:
+                self.policy.settle(call.admission, call.usage)
 
+    async def _forward(
+        self, request: web.Request, call: Interception, provider: ProviderSettings, body: bytes
+    ) -> web.StreamResponse:
         url = _upstream_url(provider.base_url, request.match_info["tail"], request.query_string)
         headers = _upstream_headers(request, provider)
         assert self._http is not None
@@ -349,6 +375,8 @@ class Bridge:
             raise BridgeError("upstream", f"cannot reach the upstream: {exc}") from None
         if route.name == "models" and status == 200:
             payload = _filter_models(payload, provider.models)
+            if self.policy is not None:
+                payload = await self.policy.filter_models(principal, name, payload)
         self.writer.append_nowait(
             Event(
                 kind="llm.api",
@@ -379,7 +407,7 @@ class Bridge:
             ) from None
 
     async def _refuse(self, call: Interception, error: BridgeError) -> None:
-        call.details = {"status": error.status, "error": error.message}
+        call.details.update(status=error.status, error=error.message)
         await self._record(self._request_event(call, None, "deny"), call)
 
     async def _upstream_failed(self, call: Interception, kind: str, message: str) -> BridgeError:
@@ -491,6 +519,7 @@ class Bridge:
                 details["response_body"] = call.raw_response.decode("utf-8", "replace")
         for c in facts.tool_calls:
             self._remember_tool_call(c.id, call)
+        call.usage = facts.usage
         return self._event(call, RESPONSE, "error" if error else "allow", details, call.id)
 
     def _remember_tool_call(self, tool_call_id: str, call: Interception) -> None:

@@ -15,6 +15,11 @@ from gatehouse import __version__
 from gatehouse.cli.audit import audit
 from gatehouse.cli.audit_export import export
 from gatehouse.cli.context import Context
+from gatehouse.cli.policy import policy
+from gatehouse.cli.prices import prices
+from gatehouse.cli.spend import spend
+from gatehouse.cli.teams import teams
+from gatehouse.cli.templates import templates
 from gatehouse.cli.identity import agents, tokens, users
 from gatehouse.cli.serve import migrate_command, serve
 from gatehouse.cli.sessions import sessions
@@ -36,7 +41,21 @@ def cli(ctx: click.Context, config: Path | None) -> None:
 
 
 audit.add_command(export)
-for command in (serve, migrate_command, users, agents, tokens, sessions, audit, simulate):
+for command in (
+    serve,
+    migrate_command,
+    users,
+    agents,
+    tokens,
+    sessions,
+    audit,
+    templates,
+    policy,
+    teams,
+    prices,
+    spend,
+    simulate,
+):
     cli.add_command(command)
 
 

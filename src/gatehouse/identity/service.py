@@ -61,6 +61,12 @@ class Principal:
     role: Role
     agent_id: str | None
     agent_name: str | None
+    # Policy: the template the token is bound to, the team its calls count for (the agent's team, else
+    # the user's), and the policy version the store was at, read in the same lookup: a replica whose
+    # compiled policy is older reloads it before deciding.
+    template: str | None = None
+    team_id: str | None = None
+    policy_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,7 @@ class TokenInfo:
     expires_at: int | None
     revoked_at: int | None
     last_used_at: int | None
+    template: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,15 +137,34 @@ class IdentityService:
         agent: str | None = None,
         name: str | None = None,
         ttl_seconds: int | None = None,
+        template: str | None = None,
         actor: Actor,
     ) -> tuple[TokenInfo, str]:
-        """Return the token's description and the secret itself, which is never retrievable again."""
+        """Return the token's description and the secret itself, which is never retrievable again.
+
+        A token bound to a template may live at most the template's `tokens.max_ttl`, which is also its
+        default time to live."""
         if ttl_seconds is not None and ttl_seconds <= 0:
             raise IdentityError("the token's time to live must be positive")
         secret = generate_token()
         created = now_us()
-        expires = created + ttl_seconds * 1_000_000 if ttl_seconds else None
         with self.db.transaction() as tx:
+            if template is not None:
+                bound = tx.one("SELECT name, max_token_ttl_s FROM templates WHERE name = ?", (template,))
+                if bound is None:
+                    raise NotFound(
+                        f"no template named {template!r} (apply it with `gatehouse templates apply`)"
+                    )
+                max_ttl = bound["max_token_ttl_s"]
+                if max_ttl is not None:
+                    if ttl_seconds is None:
+                        ttl_seconds = int(max_ttl)
+                    elif ttl_seconds > max_ttl:
+                        raise IdentityError(
+                            f"a token bound to template {template!r} may live at most {_seconds(max_ttl)}"
+                            f" (tokens.max_ttl); asked for {_seconds(ttl_seconds)}"
+                        )
+            expires = created + ttl_seconds * 1_000_000 if ttl_seconds else None
             u = _find(
                 tx.one("SELECT id, name FROM users WHERE name = ? OR id = ?", (user, user)), "user", user
             )
@@ -161,10 +187,11 @@ class IdentityService:
                 expires_at=expires,
                 revoked_at=None,
                 last_used_at=None,
+                template=template,
             )
             tx.execute(
-                "INSERT INTO tokens (id, hash, prefix, name, user_id, agent_id, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO tokens (id, hash, prefix, name, user_id, agent_id, created_at, expires_at,"
+                " template) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     info.id,
                     hash_token(secret),
@@ -174,6 +201,7 @@ class IdentityService:
                     a["id"] if a else None,
                     created,
                     expires,
+                    template,
                 ),
             )
             append_events(tx, [_admin_event("admin.token.create", actor, f"token:{info.id}", info.as_dict())])
@@ -245,6 +273,9 @@ class IdentityService:
             role=row["role"],
             agent_id=row["agent_id"],
             agent_name=row["agent_name"],
+            template=row["template"],
+            team_id=row["team_id"],
+            policy_version=int(row["policy_version"] or 0),
         )
 
     def _touch(self, token_id: str, when: int) -> None:
@@ -257,14 +288,19 @@ class IdentityService:
 
 _LIST_SQL = (
     "SELECT t.id, t.prefix, t.name, u.name AS user_name, a.name AS agent_name, t.created_at, t.expires_at,"
-    " t.revoked_at, t.last_used_at FROM tokens t JOIN users u ON u.id = t.user_id"
+    " t.revoked_at, t.last_used_at, t.template FROM tokens t JOIN users u ON u.id = t.user_id"
     " LEFT JOIN agents a ON a.id = t.agent_id"
 )
 
 _AUTH_SELECT = (
     "SELECT t.id AS token_id, t.expires_at, t.revoked_at, u.id AS user_id, u.name AS user_name, u.role,"
-    " u.disabled_at AS user_disabled, a.id AS agent_id, a.name AS agent_name, a.disabled_at AS agent_disabled"
-    " FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN agents a ON a.id = t.agent_id WHERE t.hash = ?"
+    " u.disabled_at AS user_disabled, a.id AS agent_id, a.name AS agent_name,"
+    " a.disabled_at AS agent_disabled, t.template, COALESCE(agt.team_id, tm.team_id) AS team_id,"
+    " (SELECT version FROM policy_state WHERE id = 1) AS policy_version"
+    " FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN agents a ON a.id = t.agent_id"
+    " LEFT JOIN agent_teams agt ON agt.agent_id = t.agent_id"
+    " LEFT JOIN team_members tm ON tm.user_id = t.user_id"
+    " WHERE t.hash = ?"
 )
 
 
@@ -279,7 +315,15 @@ def _token_info(row: Row) -> TokenInfo:
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
         last_used_at=row["last_used_at"],
+        template=row["template"],
     )
+
+
+def _seconds(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _check_name(name: str, what: str) -> None:
