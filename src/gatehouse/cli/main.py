@@ -15,15 +15,15 @@ from gatehouse import __version__
 from gatehouse.cli.audit import audit
 from gatehouse.cli.audit_export import export
 from gatehouse.cli.context import Context
+from gatehouse.cli.identity import agents, tokens, users
 from gatehouse.cli.policy import policy
 from gatehouse.cli.prices import prices
-from gatehouse.cli.spend import spend
-from gatehouse.cli.teams import teams
-from gatehouse.cli.templates import templates
-from gatehouse.cli.identity import agents, tokens, users
 from gatehouse.cli.serve import migrate_command, serve
 from gatehouse.cli.sessions import sessions
 from gatehouse.cli.simulate import simulate
+from gatehouse.cli.spend import spend
+from gatehouse.cli.teams import teams
+from gatehouse.cli.templates import templates
 
 
 @click.group()
