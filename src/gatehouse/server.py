@@ -6,11 +6,16 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gatehouse.audit.checkpoints import signing_key_from_secret
+from gatehouse.audit.export.exporter import Exporter, add_export_task
+from gatehouse.audit.retention import retention_cleanup_ctx
+from gatehouse.audit.search import project_search_index
 from gatehouse.audit.writer import AuditWriter
 from gatehouse.bridge.projection import project_bridge_events
 from gatehouse.bridge.proxy import Bridge
 from gatehouse.config import FailMode, Settings
 from gatehouse.identity.service import IdentityService
+from gatehouse.metrics import Metrics, add_metrics_route
 from gatehouse.policy.engine import PolicyEngine
 from gatehouse.policy.settings import PolicySettings, policy_settings
 from gatehouse.policy.spend import SpendProjection
@@ -26,6 +31,8 @@ class Gatehouse:
     identity: IdentityService
     bridge: Bridge
     policy: PolicyEngine | None = None
+    metrics: Metrics | None = None
+    exporter: Exporter | None = None
 
 
 def open_store(settings: Settings) -> Database:
@@ -41,13 +48,19 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
     db = open_store(settings)
     migrate(db)
     policy = policy or policy_settings(settings)
+    metrics = Metrics(settings.metrics)
+    exporter = Exporter(
+        db, settings.export, provider_types={n: p.type for n, p in settings.providers.items()}
+    )
     writer = AuditWriter(
         db,
-        projections=[project_bridge_events, SpendProjection(policy.timezone)],
+        projections=[project_bridge_events, SpendProjection(policy.timezone), project_search_index],
         max_batch=settings.audit.max_batch,
         fail_open=settings.audit.fail_mode is FailMode.OPEN,
+        observers=[metrics.observer, exporter.observer],
     )
     identity = IdentityService(db)
+    metrics.writer, metrics.exporter, metrics.identity = writer, exporter, identity
     engine = PolicyEngine(db, policy, writer=writer, providers=settings.providers)
     bridge = Bridge(
         providers=settings.providers,
@@ -58,7 +71,16 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
         max_body_bytes=settings.server.max_body_bytes,
         policy=engine,
     )
-    return Gatehouse(settings=settings, db=db, writer=writer, identity=identity, bridge=bridge, policy=engine)
+    return Gatehouse(
+        settings=settings,
+        db=db,
+        writer=writer,
+        identity=identity,
+        bridge=bridge,
+        policy=engine,
+        metrics=metrics,
+        exporter=exporter,
+    )
 
 
 GATEHOUSE = web.AppKey("gatehouse", Gatehouse)
@@ -66,6 +88,7 @@ GATEHOUSE = web.AppKey("gatehouse", Gatehouse)
 
 def create_app(gh: Gatehouse) -> web.Application:
     from gatehouse.api.app import add_api_routes
+    from gatehouse.api.audit import add_audit_routes
     from gatehouse.api.policy import add_policy_routes
 
     app = web.Application(client_max_size=gh.settings.server.max_body_bytes)
@@ -77,6 +100,12 @@ def create_app(gh: Gatehouse) -> web.Application:
 
         add_oidc_routes(app, gh, gh.settings.oidc)
     add_policy_routes(app, gh)
+    add_audit_routes(app, gh)
+    audit = gh.settings.audit
+    if audit.retention.enabled:
+        app.cleanup_ctx.append(
+            retention_cleanup_ctx(gh.db, audit.retention, signing_key_from_secret(audit.signing_key))
+        )
 
     async def start_writer(_app: web.Application) -> None:
         gh.writer.start()
@@ -97,4 +126,9 @@ def create_app(gh: Gatehouse) -> web.Application:
     app.on_startup.append(start_policy)
     app.on_cleanup.insert(0, stop_policy)
     app.on_cleanup.append(stop_writer)
+    # Registered last so that they stop first, before the writer and the store close.
+    if gh.metrics is not None:
+        add_metrics_route(app, gh.metrics)
+    if gh.exporter is not None:
+        add_export_task(app, gh.exporter)
     return app

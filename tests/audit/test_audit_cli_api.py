@@ -15,7 +15,6 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field, SecretStr, ValidationError
 
-from gatehouse.api.audit import add_audit_routes
 from gatehouse.audit.events import Event, now_us
 from gatehouse.audit.search import project_search_index
 from gatehouse.audit.settings import RetentionSettings, SigningKey
@@ -231,7 +230,6 @@ def api(tmp_path: Path, upstream: str, keyfile: tuple[Path, str]) -> Iterator[di
         },
     )
     gh = build(settings)
-    gh.writer.projections = (*gh.writer.projections, project_search_index)
     operator = Actor(name="test")
     tokens = {}
     for name, role in (("root", "admin"), ("judy", "auditor"), ("alice", "member")):
@@ -240,12 +238,7 @@ def api(tmp_path: Path, upstream: str, keyfile: tuple[Path, str]) -> Iterator[di
     gh.identity.create_agent("ci-bot", owner="alice", actor=operator)
     tokens["agent"] = gh.identity.create_token(user="alice", agent="ci-bot", actor=operator)[1]
 
-    def make() -> Any:
-        app = create_app(gh)
-        add_audit_routes(app, gh)
-        return app
-
-    with serve_in_thread(make) as url:
+    with serve_in_thread(lambda: create_app(gh)) as url:
         yield {"url": url, "tokens": tokens, "gh": gh}
 
 

@@ -11,14 +11,13 @@ import anthropic
 import httpx
 import orjson
 import pytest
-from aiohttp import web
 from pydantic import SecretStr
 
-from gatehouse.audit.export.exporter import Exporter, add_export_task
+from gatehouse.audit.export.exporter import Exporter
 from gatehouse.audit.export.settings import ExportSettings, JsonlSinkSettings
 from gatehouse.config import ProviderSettings, Settings, StoreSettings
 from gatehouse.identity.service import Actor
-from gatehouse.metrics import Metrics, MetricsSettings, add_metrics_route
+from gatehouse.metrics import MetricsSettings
 from gatehouse.server import Gatehouse, build, create_app
 from gatehouse.serving import serve_in_thread
 from tests.gateway.conftest import UPSTREAM_KEY, Simulator, simulator  # noqa: F401 - fixture
@@ -34,25 +33,18 @@ def wired(simulator: Simulator, tmp_path: Path) -> Iterator[tuple[str, Gatehouse
                 type="anthropic", base_url=simulator.url, api_key=SecretStr(UPSTREAM_KEY)
             )
         },
+        export=ExportSettings(
+            sinks={"archive": JsonlSinkSettings(type="jsonl", path=tmp_path / "audit.jsonl")}
+        ),
+        metrics=MetricsSettings(auth="none"),
     )
-    export = ExportSettings(sinks={"archive": JsonlSinkSettings(type="jsonl", path=tmp_path / "audit.jsonl")})
-    gh = build(settings)
-    # -- what server.build() would add --
-    metrics = Metrics(MetricsSettings(auth="none"), identity=gh.identity)
-    exporter = Exporter(gh.db, export, provider_types={n: p.type for n, p in settings.providers.items()})
-    gh.writer.observers.extend([metrics.observer, exporter.observer])
-    metrics.writer, metrics.exporter = gh.writer, exporter
+    gh = build(settings)  # wires the metrics and the exporter as `gatehouse serve` does
+    exporter = gh.exporter
+    assert exporter is not None and gh.metrics is not None
     operator = Actor()
     gh.identity.create_user("alice", actor=operator)
 
-    def app() -> web.Application:
-        application = create_app(gh)
-        # -- what server.create_app() would add --
-        add_metrics_route(application, metrics)
-        add_export_task(application, exporter)
-        return application
-
-    with serve_in_thread(app) as url:
+    with serve_in_thread(lambda: create_app(gh)) as url:
         yield url, gh, tmp_path / "audit.jsonl", exporter
     # The app's cleanup stopped the exporter, which gave its lease back (a restart resumes at once).
     assert exporter.status["archive"].leader is False
