@@ -232,3 +232,62 @@ def _wait(probe, n: int, timeout: float = 5.0):  # type: ignore[no-untyped-def]
             assert len(found) >= n, f"expected {n}, found {found!r}"
             return found
         time.sleep(0.02)
+
+
+async def test_a_final_event_without_its_blank_line_is_still_recorded(make_stack: StackFactory) -> None:
+    """An upstream that closes right after `message_stop` with no trailing blank line: the call is complete,
+    and its usage is recorded, not reported as a broken stream."""
+    from aiohttp import web
+
+    from gatehouse.serving import serve_in_thread
+    from tests.stack import Simulator
+
+    frames = [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": MODEL,
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {"input_tokens": 7, "output_tokens": 1},
+                },
+            },
+        ),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}},
+        ),
+    ]
+    body = b"".join(f"event: {n}\ndata: {orjson.dumps(d).decode()}\n\n".encode() for n, d in frames)
+    body += b'event: message_stop\ndata: {"type":"message_stop"}'  # no closing blank line
+
+    async def messages(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/event-stream")
+
+    def upstream() -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/messages", messages)
+        for path in ("/_sim/faults", "/_sim/requests"):
+            app.router.add_delete(path, lambda _r: web.json_response({}))
+        return app
+
+    with serve_in_thread(upstream) as url:
+        stack = make_stack(upstream=Simulator(url))
+        r = post_messages(stack, orjson.dumps({**BODY, "stream": True}))
+        assert r.status_code == 200 and b"message_stop" in r.content
+        row = _wait(lambda: [x for x in stack.interceptions() if x["status"] is not None], 1)[0]
+    assert (row["status"], row["error"], row["output_tokens"]) == (200, None, 3)

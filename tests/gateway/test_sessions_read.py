@@ -114,3 +114,7 @@ def test_rest_api_manages_tokens_and_shows_the_secret_once(stack: Stack) -> None
     assert bad.status_code == 422 and "cannot read duration" in bad.json()["detail"]
     dup = httpx.post(f"{stack.url}/api/v1/users", json={"name": "alice"}, headers=admin)
     assert dup.status_code == 409
+    unbound = httpx.post(
+        f"{stack.url}/api/v1/tokens", json={"user": "alice", "template": "nope"}, headers=admin
+    )
+    assert unbound.status_code in (404, 422) and "no template named 'nope'" in unbound.json()["detail"]

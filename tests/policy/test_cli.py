@@ -181,3 +181,17 @@ def test_team_commands(cli) -> None:  # type: ignore[no-untyped-def]
         "admin.team.limits",
         "admin.team.member.remove",
     ]
+
+
+def test_tokens_create_binds_a_template(cli) -> None:  # type: ignore[no-untyped-def]
+    from gatehouse.cli.identity import tokens
+
+    assert cli(templates, "apply", "templates/ci-bot.yaml").exit_code == 0
+    made = cli(tokens, "create", "--user", "alice", "--agent", "ci-bot", "--template", "ci-bot", "--json")
+    assert made.exit_code == 0, made.output
+    token = orjson.loads(made.output)
+    assert token["template"] == "ci-bot"
+    listed = orjson.loads(cli(tokens, "list", "--json").output)
+    assert [t["template"] for t in listed if t["id"] == token["id"]] == ["ci-bot"]
+    missing = CliRunner().invoke(tokens, ["create", "--user", "alice", "--template", "nope"], obj=cli.context)
+    assert missing.exit_code == 1 and "no template named 'nope'" in missing.output

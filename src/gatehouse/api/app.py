@@ -198,6 +198,7 @@ async def tokens_create(request: web.Request) -> web.Response:
         agent=_string(body, "agent", required=False),
         name=_string(body, "name", required=False),
         ttl_seconds=ttl_seconds,
+        template=_string(body, "template", required=False),
         actor=_actor(request),
     )
     # The only time the secret is ever shown.

@@ -326,6 +326,8 @@ class Bridge:
                 else ("the upstream stopped sending mid-stream")
             )
             if not finished:
+                for event in parser.flush():  # an event cut off before its blank line still counts
+                    accumulator.feed(event)
                 facts = accumulator.result()
                 self.writer.append_nowait(self._response_event(call, 502, facts, f"{message}: {exc!r}"[:500]))
                 await _write_quietly(response, stream_error_event(call.route.flavor, "upstream", message))
@@ -335,8 +337,14 @@ class Bridge:
                 self.writer.append_nowait(self._response_event(call, 499, accumulator.result(), "cancelled"))
             raise
         if not finished:
+            terminal = False
+            for event in parser.flush():  # the last event may lack its closing blank line
+                accumulator.feed(event)
+                terminal = terminal or call.route.is_terminal(event)
             facts = accumulator.result()
-            error = _error_text(upstream, facts) or "the stream ended without its final event"
+            error = _error_text(upstream, facts) or (
+                None if terminal else "the stream ended without its final event"
+            )
             await self._record(self._response_event(call, upstream.status, facts, error), call)
         await _write_quietly(response, b"", eof=True)
         return response

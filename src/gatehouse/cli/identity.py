@@ -85,17 +85,24 @@ def tokens() -> None:
 @click.option("--user", required=True, help="The user the token acts for.")
 @click.option("--agent", help="Bind the token to one of the user's agents.")
 @click.option("--name", help="A label to recognise the token by.")
-@click.option("--ttl", help="Time to live, e.g. 12h, 30d. Default: no expiry.")
+@click.option("--ttl", help="Time to live, e.g. 12h, 30d. Default: no expiry (or the template's maximum).")
+@click.option("--template", help="Bind the token to a policy template (see `gatehouse templates`).")
 @json_option
 @pass_context
 def tokens_create(
-    ctx: Context, user: str, agent: str | None, name: str | None, ttl: str | None, as_json: bool
+    ctx: Context,
+    user: str,
+    agent: str | None,
+    name: str | None,
+    ttl: str | None,
+    template: str | None,
+    as_json: bool,
 ) -> None:
     """Create a token. The secret is printed once and cannot be shown again."""
     try:
         ttl_seconds = parse_duration(ttl) if ttl else None
         info, secret = ctx.identity.create_token(
-            user=user, agent=agent, name=name, ttl_seconds=ttl_seconds, actor=ctx.actor
+            user=user, agent=agent, name=name, ttl_seconds=ttl_seconds, template=template, actor=ctx.actor
         )
     except (IdentityError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
