@@ -33,6 +33,7 @@ from prometheus_client.registry import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from gatehouse import __version__
+from gatehouse.audit.events import llm_model, llm_provider
 
 if TYPE_CHECKING:
     from gatehouse.audit.events import Event
@@ -104,19 +105,6 @@ class _Capped:
             return "other"
         self.seen.add(value)
         return value
-
-
-def _provider_from_resource(resource: str | None) -> str | None:
-    if resource and resource.startswith("llm:"):
-        return resource[4:].split("/", 1)[0]
-    return None
-
-
-def _model_from_resource(resource: str | None) -> str | None:
-    if resource and resource.startswith("llm:") and "/" in resource:
-        model = resource.split("/", 1)[1]
-        return None if model == "?" else model
-    return None
 
 
 class Metrics:
@@ -230,9 +218,7 @@ class Metrics:
         details = event.details
         kind = event.kind
         if kind == "llm.request":
-            provider = self._providers(
-                label_value(details.get("provider") or _provider_from_resource(event.resource))
-            )
+            provider = self._providers(label_value(details.get("provider") or llm_provider(event.resource)))
             route = label_value(details.get("route"))
             if event.decision == "deny":
                 status = details.get("status")
@@ -254,7 +240,7 @@ class Metrics:
             if pending is not None:
                 provider, route, requested_model = pending
             else:
-                provider = self._providers(label_value(_provider_from_resource(event.resource)))
+                provider = self._providers(label_value(llm_provider(event.resource)))
                 route, requested_model = "unknown", None
             status = label_value(details.get("status"))
             self.requests.labels(provider, route, status, event.decision).inc()
@@ -265,7 +251,7 @@ class Metrics:
             if isinstance(ttft, int | float):
                 self.ttft.labels(provider, route).observe(ttft / 1000)
             usage = details.get("usage") or {}
-            model_text = details.get("model") or requested_model or _model_from_resource(event.resource)
+            model_text = details.get("model") or requested_model or llm_model(event.resource)
             model = self._models(label_value(model_text))
             for token_type in TOKEN_TYPES:
                 count = usage.get(f"{token_type}_tokens")
@@ -273,9 +259,7 @@ class Metrics:
                     self.tokens.labels(provider, model, token_type).inc(count)
             self._per_user(event, event.decision, usage)
         elif kind == "llm.api":
-            provider = self._providers(
-                label_value(details.get("provider") or _provider_from_resource(event.resource))
-            )
+            provider = self._providers(label_value(details.get("provider") or llm_provider(event.resource)))
             self.requests.labels(
                 provider,
                 label_value(details.get("route")),
@@ -283,7 +267,7 @@ class Metrics:
                 event.decision,
             ).inc()
         elif kind == "auth.failure":
-            provider = self._providers(label_value(_provider_from_resource(event.resource)))
+            provider = self._providers(label_value(llm_provider(event.resource)))
             self.requests.labels(provider, label_value(details.get("route")), "401", "deny").inc()
             self.denials.labels(kind, self._reasons(label_value(details.get("reason"), "denied"))).inc()
         elif event.decision == "deny":

@@ -57,6 +57,15 @@ from gatehouse.bridge.facts import (
     Usage,
 )
 from gatehouse.bridge.sse import SSEEvent
+from gatehouse.bridge.wire import (
+    checked_messages,
+    error_object,
+    flatten,
+    int_or_zero,
+    last_user_prompt,
+    read_request,
+    str_or_none,
+)
 
 __all__ = ["StreamAccumulator", "parse_request", "parse_response"]
 
@@ -66,80 +75,21 @@ __all__ = ["StreamAccumulator", "parse_request", "parse_response"]
 
 def parse_request(body: bytes) -> RequestFacts:
     """Validate and summarise a Messages API request body; raise `InvalidRequest` if it is unusable."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidRequest("request body must be a JSON object")
-
-    model = obj.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("`model` is required and must be a non-empty string")
-    stream = obj.get("stream")
-    if stream is None:
-        stream = False
-    elif not isinstance(stream, bool):
-        raise InvalidRequest("`stream` must be a boolean")
+    obj, model, stream = read_request(body)
     max_tokens = obj.get("max_tokens")
     # bool is an int subclass; `true` is not a token budget.
     if type(max_tokens) is not int or max_tokens <= 0:
         raise InvalidRequest("`max_tokens` is required and must be a positive integer")
-    messages = obj.get("messages")
-    if not isinstance(messages, list):
-        raise InvalidRequest("`messages` is required and must be an array")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"`messages[{i}]` must be an object")
-        if not isinstance(message.get("role"), str):
-            raise InvalidRequest(f"`messages[{i}].role` must be a string")
-        content = message.get("content")
-        if not isinstance(content, str | list):
-            raise InvalidRequest(f"`messages[{i}].content` must be a string or an array of content blocks")
+    messages = checked_messages(obj, "a string or an array of content blocks", null_content=False)
 
     return RequestFacts(
         model=model,
         stream=stream,
         max_tokens=max_tokens,
-        last_user_prompt=_last_user_prompt(messages),
+        last_user_prompt=last_user_prompt(messages),
         tool_results=_tool_results(messages),
         tools_offered=_tools_offered(obj.get("tools")),
     )
-
-
-# Agents inject generated context into user turns as text (Claude Code's `<system-reminder>` blocks,
-# Codex's `<environment_context>` / AGENTS.md messages); that is not what the user asked, so it does
-# not count as prompt text.
-_INJECTED_PREFIXES = (
-    "<system-reminder>",
-    "<environment_context>",
-    "<user_instructions>",
-    "# AGENTS.md instructions",
-)
-
-
-def _is_prompt(text: Any) -> bool:
-    return isinstance(text, str) and bool(text) and not text.lstrip().startswith(_INJECTED_PREFIXES)
-
-
-def _message_text(content: str | list[Any]) -> str | None:
-    if isinstance(content, str):
-        return content if _is_prompt(content) else None
-    texts = [
-        b["text"]
-        for b in content
-        if isinstance(b, dict) and b.get("type") == "text" and _is_prompt(b.get("text"))
-    ]
-    return "\n".join(texts) if texts else None
-
-
-def _last_user_prompt(messages: list[dict[str, Any]]) -> str | None:
-    for message in reversed(messages):
-        if message["role"] == "user":
-            text = _message_text(message["content"])
-            if text is not None:
-                return text
-    return None
 
 
 def _tool_results(messages: list[dict[str, Any]]) -> list[ToolResult]:
@@ -153,7 +103,7 @@ def _tool_results(messages: list[dict[str, Any]]) -> list[ToolResult]:
         for block in content:
             if not isinstance(block, dict) or block.get("type") != "tool_result":
                 continue
-            text = _flatten_tool_content(block.get("content"))
+            text = flatten(block.get("content"))
             tool_use_id = block.get("tool_use_id")
             results.append(
                 ToolResult(
@@ -165,31 +115,6 @@ def _tool_results(messages: list[dict[str, Any]]) -> list[ToolResult]:
             )
         return results
     return []
-
-
-def _flatten_tool_content(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts: list[str] = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict):
-                kind = block.get("type")
-                if kind == "text":
-                    text = block.get("text")
-                    if isinstance(text, str):
-                        parts.append(text)
-                elif isinstance(kind, str):
-                    # Binary or structured parts (image, document, search_result, ...) are recorded as
-                    # a marker: their payload is base64 or a reference, not something to keep as text.
-                    parts.append(f"[{kind}]")
-        return "\n".join(parts)
-    # Not a shape the API accepts; keep it verbatim rather than lose it.
-    return orjson.dumps(content).decode()
 
 
 def _tools_offered(tools: Any) -> list[str]:
@@ -210,37 +135,28 @@ def _tools_offered(tools: Any) -> list[str]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _int(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0
-
-
 def _usage_into(usage: Usage, raw: Any) -> None:
     """Fold one usage object into `usage`, keeping the max of each counter (all are cumulative)."""
     if not isinstance(raw, dict):
         return
-    usage.input_tokens = max(usage.input_tokens, _int(raw.get("input_tokens")))
-    usage.output_tokens = max(usage.output_tokens, _int(raw.get("output_tokens")))
-    usage.cache_read_tokens = max(usage.cache_read_tokens, _int(raw.get("cache_read_input_tokens")))
-    usage.cache_write_tokens = max(usage.cache_write_tokens, _int(raw.get("cache_creation_input_tokens")))
+    usage.input_tokens = max(usage.input_tokens, int_or_zero(raw.get("input_tokens")))
+    usage.output_tokens = max(usage.output_tokens, int_or_zero(raw.get("output_tokens")))
+    usage.cache_read_tokens = max(usage.cache_read_tokens, int_or_zero(raw.get("cache_read_input_tokens")))
+    usage.cache_write_tokens = max(
+        usage.cache_write_tokens, int_or_zero(raw.get("cache_creation_input_tokens"))
+    )
     details = raw.get("output_tokens_details")
     if isinstance(details, dict):
-        usage.reasoning_tokens = max(usage.reasoning_tokens, _int(details.get("thinking_tokens")))
+        usage.reasoning_tokens = max(usage.reasoning_tokens, int_or_zero(details.get("thinking_tokens")))
 
 
 def _error(obj: dict[str, Any]) -> dict[str, Any]:
     err = obj.get("error")
-    if isinstance(err, dict):
-        out: dict[str, Any] = dict(err)
-    else:
-        out = {"message": str(err)} if err is not None else {}
+    out = error_object(err) if err is not None else {}
     request_id = obj.get("request_id")
     if isinstance(request_id, str):
         out.setdefault("request_id", request_id)
     return out
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _canonical_args(raw: str) -> str:
@@ -266,9 +182,9 @@ def parse_response(body: bytes) -> ResponseFacts:
         facts.error = _error(obj)
         return facts
 
-    facts.response_id = _str(obj.get("id"))
-    facts.model = _str(obj.get("model"))
-    facts.stop_reason = _str(obj.get("stop_reason"))
+    facts.response_id = str_or_none(obj.get("id"))
+    facts.model = str_or_none(obj.get("model"))
+    facts.stop_reason = str_or_none(obj.get("stop_reason"))
     _usage_into(facts.usage, obj.get("usage"))
     content = obj.get("content")
     if not isinstance(content, list):
@@ -291,8 +207,8 @@ def parse_response(body: bytes) -> ResponseFacts:
             raw_input = block.get("input")
             facts.tool_calls.append(
                 ToolCall(
-                    id=_str(block.get("id")) or "",
-                    name=_str(block.get("name")) or "",
+                    id=str_or_none(block.get("id")) or "",
+                    name=str_or_none(block.get("name")) or "",
                     arguments=orjson.dumps(raw_input if raw_input is not None else {}).decode(),
                 )
             )
@@ -357,14 +273,14 @@ class StreamAccumulator:
         elif kind == "message_start":
             message = obj.get("message")
             if isinstance(message, dict):
-                self._id = _str(message.get("id")) or self._id
-                self._model = _str(message.get("model")) or self._model
-                self._stop = _str(message.get("stop_reason")) or self._stop
+                self._id = str_or_none(message.get("id")) or self._id
+                self._model = str_or_none(message.get("model")) or self._model
+                self._stop = str_or_none(message.get("stop_reason")) or self._stop
                 _usage_into(self._usage, message.get("usage"))
         elif kind == "message_delta":
             delta = obj.get("delta")
             if isinstance(delta, dict):
-                self._stop = _str(delta.get("stop_reason")) or self._stop
+                self._stop = str_or_none(delta.get("stop_reason")) or self._stop
             _usage_into(self._usage, obj.get("usage"))
         elif kind == "error":
             self._error = _error(obj)
@@ -384,8 +300,8 @@ class StreamAccumulator:
             return
         b = _Block(kind)
         if kind == "tool_use":
-            b.id = _str(block.get("id")) or ""
-            b.name = _str(block.get("name")) or ""
+            b.id = str_or_none(block.get("id")) or ""
+            b.name = str_or_none(block.get("name")) or ""
             b.input = block.get("input")
             self._output()
         elif kind == "text":

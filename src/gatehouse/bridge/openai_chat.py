@@ -43,15 +43,18 @@ from typing import Any
 
 import orjson
 
-from gatehouse.bridge.facts import (
-    InvalidRequest,
-    RequestFacts,
-    ResponseFacts,
-    ToolCall,
-    ToolResult,
-    Usage,
-)
+from gatehouse.bridge.facts import RequestFacts, ResponseFacts, ToolCall, ToolResult, Usage
 from gatehouse.bridge.sse import SSEEvent
+from gatehouse.bridge.wire import (
+    checked_messages,
+    error_object,
+    flatten,
+    last_user_prompt,
+    optional_int,
+    read_request,
+    str_or_none,
+    usage_reader,
+)
 
 __all__ = ["StreamAccumulator", "parse_request", "parse_response"]
 
@@ -61,86 +64,21 @@ __all__ = ["StreamAccumulator", "parse_request", "parse_response"]
 
 def parse_request(body: bytes) -> RequestFacts:
     """Validate and summarise a Chat Completions request body; raise `InvalidRequest` if it is unusable."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidRequest("request body must be a JSON object")
-
-    model = obj.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("`model` is required and must be a non-empty string")
-    stream = obj.get("stream")
-    if stream is None:
-        stream = False
-    elif not isinstance(stream, bool):
-        raise InvalidRequest("`stream` must be a boolean")
-    max_tokens: int | None = None
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = obj.get(key)
-        if value is None:
-            continue
-        if type(value) is not int:
-            raise InvalidRequest(f"`{key}` must be an integer")
-        max_tokens = value  # max_completion_tokens comes second, so it wins
-    messages = obj.get("messages")
-    if not isinstance(messages, list):
-        raise InvalidRequest("`messages` is required and must be an array")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"`messages[{i}]` must be an object")
-        if not isinstance(message.get("role"), str):
-            raise InvalidRequest(f"`messages[{i}].role` must be a string")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise InvalidRequest(f"`messages[{i}].content` must be a string, an array of parts or null")
+    obj, model, stream = read_request(body)
+    legacy_max = optional_int(obj, "max_tokens")  # checked first, so its error is the one reported
+    max_tokens = optional_int(obj, "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = legacy_max
+    messages = checked_messages(obj, "a string, an array of parts or null", null_content=True)
 
     return RequestFacts(
         model=model,
         stream=stream,
         max_tokens=max_tokens,
-        last_user_prompt=_last_user_prompt(messages),
+        last_user_prompt=last_user_prompt(messages),
         tool_results=_tool_results(messages),
         tools_offered=_tools_offered(obj.get("tools"), obj.get("functions")),
     )
-
-
-# Agents inject generated context into user turns as text (Claude Code's `<system-reminder>` blocks,
-# Codex's `<environment_context>` / AGENTS.md messages); that is not what the user asked, so it does
-# not count as prompt text.
-_INJECTED_PREFIXES = (
-    "<system-reminder>",
-    "<environment_context>",
-    "<user_instructions>",
-    "# AGENTS.md instructions",
-)
-
-
-def _is_prompt(text: Any) -> bool:
-    return isinstance(text, str) and bool(text) and not text.lstrip().startswith(_INJECTED_PREFIXES)
-
-
-def _text_of(content: Any) -> str | None:
-    if isinstance(content, str):
-        return content if _is_prompt(content) else None
-    if not isinstance(content, list):
-        return None
-    texts = [
-        p["text"]
-        for p in content
-        if isinstance(p, dict) and p.get("type") == "text" and _is_prompt(p.get("text"))
-    ]
-    return "\n".join(texts) if texts else None
-
-
-def _last_user_prompt(messages: list[dict[str, Any]]) -> str | None:
-    for message in reversed(messages):
-        if message["role"] == "user":
-            text = _text_of(message.get("content"))
-            if text is not None:
-                return text
-    return None
 
 
 def _tool_results(messages: list[dict[str, Any]]) -> list[ToolResult]:
@@ -153,7 +91,7 @@ def _tool_results(messages: list[dict[str, Any]]) -> list[ToolResult]:
     for message in messages[start:]:
         if message["role"] != "tool":
             continue
-        text = _flatten(message.get("content"))
+        text = flatten(message.get("content"), image_part="image_url")
         call_id = message.get("tool_call_id")
         results.append(
             ToolResult(
@@ -164,30 +102,6 @@ def _tool_results(messages: list[dict[str, Any]]) -> list[ToolResult]:
             )
         )
     return results
-
-
-def _flatten(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts: list[str] = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict):
-                kind = part.get("type")
-                if kind == "text":
-                    text = part.get("text")
-                    if isinstance(text, str):
-                        parts.append(text)
-                elif kind == "image_url":
-                    parts.append("[image]")
-                elif isinstance(kind, str):
-                    parts.append(f"[{kind}]")
-        return "\n".join(parts)
-    return orjson.dumps(content).decode()
 
 
 def _tools_offered(tools: Any, functions: Any) -> list[str]:
@@ -210,32 +124,7 @@ def _tools_offered(tools: Any, functions: Any) -> list[str]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _int(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0
-
-
-def _usage(raw: Any) -> Usage:
-    usage = Usage()
-    if not isinstance(raw, dict):
-        return usage
-    usage.input_tokens = _int(raw.get("prompt_tokens"))
-    usage.output_tokens = _int(raw.get("completion_tokens"))
-    prompt_details = raw.get("prompt_tokens_details")
-    if isinstance(prompt_details, dict):
-        usage.cache_read_tokens = _int(prompt_details.get("cached_tokens"))
-        usage.cache_write_tokens = _int(prompt_details.get("cache_write_tokens"))
-    completion_details = raw.get("completion_tokens_details")
-    if isinstance(completion_details, dict):
-        usage.reasoning_tokens = _int(completion_details.get("reasoning_tokens"))
-    return usage
-
-
-def _error(err: Any) -> dict[str, Any]:
-    return dict(err) if isinstance(err, dict) else {"message": str(err)}
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+_usage = usage_reader("prompt", "completion")
 
 
 def _reasoning(obj: dict[str, Any]) -> str | None:
@@ -249,16 +138,20 @@ def _reasoning(obj: dict[str, Any]) -> str | None:
 def _tool_call(raw: Any) -> ToolCall | None:
     if not isinstance(raw, dict):
         return None
-    call_id = _str(raw.get("id")) or ""
+    call_id = str_or_none(raw.get("id")) or ""
     function = raw.get("function")
     if isinstance(function, dict):
         return ToolCall(
-            id=call_id, name=_str(function.get("name")) or "", arguments=_str(function.get("arguments")) or ""
+            id=call_id,
+            name=str_or_none(function.get("name")) or "",
+            arguments=str_or_none(function.get("arguments")) or "",
         )
     custom = raw.get("custom")
     if isinstance(custom, dict):
         return ToolCall(
-            id=call_id, name=_str(custom.get("name")) or "", arguments=_str(custom.get("input")) or ""
+            id=call_id,
+            name=str_or_none(custom.get("name")) or "",
+            arguments=str_or_none(custom.get("input")) or "",
         )
     return None
 
@@ -276,21 +169,21 @@ def parse_response(body: bytes) -> ResponseFacts:
     if not isinstance(obj, dict):
         return facts
     if obj.get("error") is not None:
-        facts.error = _error(obj["error"])
+        facts.error = error_object(obj["error"])
         return facts
 
-    facts.response_id = _str(obj.get("id"))
-    facts.model = _str(obj.get("model"))
+    facts.response_id = str_or_none(obj.get("id"))
+    facts.model = str_or_none(obj.get("model"))
     facts.usage = _usage(obj.get("usage"))
     choices = obj.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return facts
     choice = choices[0]
-    facts.stop_reason = _str(choice.get("finish_reason"))
+    facts.stop_reason = str_or_none(choice.get("finish_reason"))
     message = choice.get("message")
     if not isinstance(message, dict):
         return facts
-    facts.text = _str(message.get("content")) or ""
+    facts.text = str_or_none(message.get("content")) or ""
     reasoning = _reasoning(message)
     if reasoning is not None:
         facts.thinking.append(reasoning)
@@ -304,7 +197,9 @@ def parse_response(body: bytes) -> ResponseFacts:
     if isinstance(legacy, dict):
         facts.tool_calls.append(
             ToolCall(
-                id="", name=_str(legacy.get("name")) or "", arguments=_str(legacy.get("arguments")) or ""
+                id="",
+                name=str_or_none(legacy.get("name")) or "",
+                arguments=str_or_none(legacy.get("arguments")) or "",
             )
         )
     return facts
@@ -369,12 +264,12 @@ class StreamAccumulator:
         if not isinstance(obj, dict):
             return
         if obj.get("error") is not None:
-            self._error = _error(obj["error"])
+            self._error = error_object(obj["error"])
             return
         if self._id is None:
-            self._id = _str(obj.get("id"))
+            self._id = str_or_none(obj.get("id"))
         if self._model is None:
-            self._model = _str(obj.get("model"))
+            self._model = str_or_none(obj.get("model"))
         usage = obj.get("usage")
         if isinstance(usage, dict):
             self._usage = _usage(usage)

@@ -56,15 +56,16 @@ from typing import Any
 
 import orjson
 
-from gatehouse.bridge.facts import (
-    InvalidRequest,
-    RequestFacts,
-    ResponseFacts,
-    ToolCall,
-    ToolResult,
-    Usage,
-)
+from gatehouse.bridge.facts import InvalidRequest, RequestFacts, ResponseFacts, ToolCall, ToolResult
 from gatehouse.bridge.sse import SSEEvent
+from gatehouse.bridge.wire import (
+    error_object,
+    is_prompt,
+    optional_int,
+    read_request,
+    str_or_none,
+    usage_reader,
+)
 
 __all__ = ["StreamAccumulator", "parse_request", "parse_response"]
 
@@ -101,31 +102,15 @@ def _type(obj: dict[str, Any]) -> str:
 
 def parse_request(body: bytes) -> RequestFacts:
     """Validate and summarise a Responses API request body; raise `InvalidRequest` if it is unusable."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidRequest("request body must be a JSON object")
-
-    model = obj.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("`model` is required and must be a non-empty string")
-    stream = obj.get("stream")
-    if stream is None:
-        stream = False
-    elif not isinstance(stream, bool):
-        raise InvalidRequest("`stream` must be a boolean")
-    max_tokens = obj.get("max_output_tokens")
-    if max_tokens is not None and type(max_tokens) is not int:
-        raise InvalidRequest("`max_output_tokens` must be an integer")
+    obj, model, stream = read_request(body)
+    max_tokens = optional_int(obj, "max_output_tokens")
     items = obj.get("input")
     if isinstance(items, str):
         return RequestFacts(
             model=model,
             stream=stream,
             max_tokens=max_tokens,
-            last_user_prompt=items if _is_prompt(items) else None,
+            last_user_prompt=items if is_prompt(items) else None,
             tools_offered=_tools_offered(obj.get("tools")),
         )
     if not isinstance(items, list):
@@ -144,28 +129,13 @@ def parse_request(body: bytes) -> RequestFacts:
     )
 
 
-# Agents inject generated context into user turns as text (Claude Code's `<system-reminder>` blocks,
-# Codex's `<environment_context>` / AGENTS.md messages); that is not what the user asked, so it does
-# not count as prompt text.
-_INJECTED_PREFIXES = (
-    "<system-reminder>",
-    "<environment_context>",
-    "<user_instructions>",
-    "# AGENTS.md instructions",
-)
-
-
-def _is_prompt(text: Any) -> bool:
-    return isinstance(text, str) and bool(text) and not text.lstrip().startswith(_INJECTED_PREFIXES)
-
-
 def _last_user_prompt(items: list[dict[str, Any]]) -> str | None:
     for item in reversed(items):
         if item.get("role") != "user" or item.get("type", "message") != "message":
             continue
         content = item.get("content")
         if isinstance(content, str):
-            if _is_prompt(content):
+            if is_prompt(content):
                 return content
             continue
         if isinstance(content, list):
@@ -174,7 +144,7 @@ def _last_user_prompt(items: list[dict[str, Any]]) -> str | None:
                 for p in content
                 if isinstance(p, dict)
                 and p.get("type") in ("input_text", "text")
-                and _is_prompt(p.get("text"))
+                and is_prompt(p.get("text"))
             ]
             if texts:
                 return "\n".join(texts)
@@ -257,32 +227,11 @@ def _tools_offered(tools: Any) -> list[str]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _int(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0
-
-
-def _usage(raw: Any) -> Usage:
-    usage = Usage()
-    if not isinstance(raw, dict):
-        return usage
-    usage.input_tokens = _int(raw.get("input_tokens"))
-    usage.output_tokens = _int(raw.get("output_tokens"))
-    input_details = raw.get("input_tokens_details")
-    if isinstance(input_details, dict):
-        usage.cache_read_tokens = _int(input_details.get("cached_tokens"))
-        usage.cache_write_tokens = _int(input_details.get("cache_write_tokens"))
-    output_details = raw.get("output_tokens_details")
-    if isinstance(output_details, dict):
-        usage.reasoning_tokens = _int(output_details.get("reasoning_tokens"))
-    return usage
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+_usage = usage_reader("input", "output")
 
 
 def _stop_reason(response: dict[str, Any]) -> str | None:
-    status = _str(response.get("status"))
+    status = str_or_none(response.get("status"))
     if status == "incomplete":
         details = response.get("incomplete_details")
         if isinstance(details, dict) and isinstance(details.get("reason"), str):
@@ -323,14 +272,18 @@ def _reasoning_texts(item: dict[str, Any]) -> list[str]:
 
 def _tool_call(item: dict[str, Any]) -> ToolCall | None:
     kind = item.get("type")
-    call_id = _str(item.get("call_id")) or _str(item.get("id")) or ""
+    call_id = str_or_none(item.get("call_id")) or str_or_none(item.get("id")) or ""
     if kind == "function_call":
         return ToolCall(
-            id=call_id, name=_str(item.get("name")) or "", arguments=_str(item.get("arguments")) or ""
+            id=call_id,
+            name=str_or_none(item.get("name")) or "",
+            arguments=str_or_none(item.get("arguments")) or "",
         )
     if kind == "custom_tool_call":
         return ToolCall(
-            id=call_id, name=_str(item.get("name")) or "", arguments=_str(item.get("input")) or ""
+            id=call_id,
+            name=str_or_none(item.get("name")) or "",
+            arguments=str_or_none(item.get("input")) or "",
         )
     builtin = _BUILTIN_CALLS.get(kind) if isinstance(kind, str) else None
     if builtin is not None:
@@ -365,8 +318,8 @@ def _output_into(facts: ResponseFacts, output: list[Any]) -> None:
 
 def _response_facts(response: dict[str, Any]) -> ResponseFacts:
     facts = ResponseFacts(
-        response_id=_str(response.get("id")),
-        model=_str(response.get("model")),
+        response_id=str_or_none(response.get("id")),
+        model=str_or_none(response.get("model")),
         stop_reason=_stop_reason(response),
         usage=_usage(response.get("usage")),
     )
@@ -391,8 +344,7 @@ def parse_response(body: bytes) -> ResponseFacts:
     if not isinstance(obj, dict):
         return ResponseFacts()
     if obj.get("object") != "response" and "output" not in obj and obj.get("error") is not None:
-        err = obj["error"]
-        return ResponseFacts(error=dict(err) if isinstance(err, dict) else {"message": str(err)})
+        return ResponseFacts(error=error_object(obj["error"]))
     return _response_facts(obj)
 
 
@@ -487,8 +439,8 @@ class StreamAccumulator:
             self.first_token = True
 
     def _remember(self, response: dict[str, Any]) -> None:
-        self._id = _str(response.get("id")) or self._id
-        self._model = _str(response.get("model")) or self._model
+        self._id = str_or_none(response.get("id")) or self._id
+        self._model = str_or_none(response.get("model")) or self._model
 
     def _item_for(self, obj: dict[str, Any]) -> _Item | None:
         item_id = obj.get("item_id")
@@ -507,7 +459,7 @@ class StreamAccumulator:
         if not isinstance(kind, str):
             return
         index = obj.get("output_index")
-        key = _str(raw.get("id")) or (f"#{index}" if type(index) is int else f"#{len(self._items)}")
+        key = str_or_none(raw.get("id")) or (f"#{index}" if type(index) is int else f"#{len(self._items)}")
         item = self._items.get(key)
         if item is None:
             item = self._items[key] = _Item(kind, raw)
@@ -544,7 +496,7 @@ class StreamAccumulator:
             }.get(kind)
             if item_kind is None:
                 return
-            item_id = _str(obj.get("item_id"))
+            item_id = str_or_none(obj.get("item_id"))
             index = obj.get("output_index")
             key = item_id or (f"#{index}" if type(index) is int else f"#{len(self._items)}")
             item = self._items[key] = _Item(item_kind, {"type": item_kind, "id": item_id})

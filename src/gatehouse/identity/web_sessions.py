@@ -340,15 +340,7 @@ class SSOStore:
         if now - self._last_seen.get(row["id"], 0) > _LAST_SEEN_EVERY_US:
             self._last_seen[row["id"]] = now
             self._touch(row["id"], now)
-        return WebSession(
-            id=row["id"],
-            user_id=row["user_id"],
-            user_name=row["user_name"],
-            role=row["role"],
-            email=row["email"],
-            created_at=row["created_at"],
-            expires_at=row["expires_at"],
-        )
+        return _web_session(row)
 
     def end_session(self, secret: str, *, remote: str | None = None) -> WebSession | None:
         """Log out: revoke the session and audit it. None when the cookie named no live session."""
@@ -373,15 +365,7 @@ class SSOStore:
                 ],
             )
         self._last_seen.pop(row["id"], None)
-        return WebSession(
-            id=row["id"],
-            user_id=row["user_id"],
-            user_name=row["user_name"],
-            role=row["role"],
-            email=row["email"],
-            created_at=row["created_at"],
-            expires_at=row["expires_at"],
-        )
+        return _web_session(row)
 
     def teams_of(self, user_id: str) -> list[str]:
         rows = self.db.query(
@@ -401,6 +385,18 @@ _SESSION_SELECT = (
     "SELECT s.id, s.created_at, s.expires_at, s.revoked_at, u.id AS user_id, u.name AS user_name, u.role,"
     " u.email, u.disabled_at FROM web_sessions s JOIN users u ON u.id = s.user_id WHERE s.hash = ?"
 )
+
+
+def _web_session(row: Row) -> WebSession:
+    return WebSession(
+        id=row["id"],
+        user_id=row["user_id"],
+        user_name=row["user_name"],
+        role=row["role"],
+        email=row["email"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )
 
 
 def _replace_teams(tx: Tx, user_id: str, teams: dict[str, str], now: int) -> dict[str, list[str]]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from gatehouse.serving import ServerThread, http_url, start_app
 from gatehouse.simulator.config import SimulatorConfig
 from gatehouse.simulator.handlers import Handlers
 from gatehouse.simulator.state import SimulatorState
@@ -17,7 +17,6 @@ from gatehouse.simulator.state import SimulatorState
 STATE_KEY = web.AppKey("gatehouse_simulator_state", SimulatorState)
 MAX_BODY_BYTES = 64 * 1024 * 1024  # coding agents send whole conversations; aiohttp's default is 1 MiB
 _SHUTDOWN_TIMEOUT = 1.0  # handlers watch `closing`, so a short grace period is enough
-_START_TIMEOUT = 10.0
 
 _PREFIXES = ("", "/anthropic", "/openai")
 
@@ -72,34 +71,11 @@ class RunningSimulator:
 
     @property
     def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     @property
     def state(self) -> SimulatorState:
         return self.app[STATE_KEY]
-
-
-async def _start(
-    config: SimulatorConfig | None, host: str, port: int
-) -> tuple[web.AppRunner, RunningSimulator]:
-    app = create_app(config)
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,  # no per-request logging: the simulator is a benchmark baseline
-        handler_cancellation=True,
-        shutdown_timeout=_SHUTDOWN_TIMEOUT,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_port = int(runner.addresses[0][1])
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner, RunningSimulator(host, bound_port, app)
 
 
 @contextlib.asynccontextmanager
@@ -107,9 +83,12 @@ async def running(
     config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[RunningSimulator]:
     """Serve on the current event loop (port 0: a free port) for the duration of the block."""
-    runner, sim = await _start(config, host, port)
+    app = create_app(config)
+    runner, bound_port = await start_app(
+        app, host, port, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT
+    )
     try:
-        yield sim
+        yield RunningSimulator(host, bound_port, app)
     finally:
         await runner.cleanup()
 
@@ -127,7 +106,7 @@ async def serve(
         await asyncio.Event().wait()
 
 
-class SimulatorThread:
+class SimulatorThread(ServerThread):
     """The simulator on its own event loop in a daemon thread, for sync SDK clients and benchmarks.
 
     `start()` returns once the port is bound; `stop()` shuts the server down and joins the thread.
@@ -141,83 +120,23 @@ class SimulatorThread:
         *,
         use_uvloop: bool = False,
     ) -> None:
-        self._config = config
-        self._host = host
-        self._port = port
-        self._use_uvloop = use_uvloop
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._sim: RunningSimulator | None = None
+        super().__init__(
+            lambda: create_app(config),
+            host,
+            port,
+            handler_cancellation=True,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            use_uvloop=use_uvloop,
+            what="simulator",
+        )
 
     @property
     def simulator(self) -> RunningSimulator:
-        if self._sim is None:
-            raise RuntimeError("simulator not started")
-        return self._sim
-
-    @property
-    def base_url(self) -> str:
-        return self.simulator.base_url
-
-    @property
-    def port(self) -> int:
-        return self.simulator.port
+        return RunningSimulator(self.host, self.port, self.app)
 
     @property
     def state(self) -> SimulatorState:
-        return self.simulator.state
-
-    def start(self) -> SimulatorThread:
-        if self._thread is not None:
-            raise RuntimeError("simulator already started")
-        self._thread = threading.Thread(target=self._run, name="gatehouse-simulator", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(_START_TIMEOUT):
-            raise RuntimeError("simulator did not start in time")
-        if self._error is not None:
-            self._thread.join()
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        loop, stop, thread = self._loop, self._stop, self._thread
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already finished
-                loop.call_soon_threadsafe(stop.set)
-        if thread is not None:
-            thread.join(_START_TIMEOUT)
-
-    def __enter__(self) -> SimulatorThread:
-        return self.start() if self._thread is None else self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = _new_loop(self._use_uvloop)
-        try:
-            loop.run_until_complete(self._main())
-        except BaseException as exc:
-            if self._ready.is_set():
-                raise  # a failure after start-up: let threading.excepthook (and pytest) report it
-            self._error = exc  # a failure to start: start() re-raises it in the caller's thread
-            self._ready.set()
-        finally:
-            _cancel_leftovers(loop)
-            loop.close()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        runner, self._sim = await _start(self._config, self._host, self._port)
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
+        return self.app[STATE_KEY]
 
 
 @contextlib.contextmanager
@@ -234,24 +153,3 @@ def run_in_thread(
         yield sim
     finally:
         sim.stop()
-
-
-def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel whatever the server left behind so closing the loop warns about nothing."""
-    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    loop.run_until_complete(loop.shutdown_asyncgens())

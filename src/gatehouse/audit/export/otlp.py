@@ -40,7 +40,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from opentelemetry.trace.status import Status, StatusCode
 
 from gatehouse import __version__
-from gatehouse.audit.events import Event
+from gatehouse.audit.events import Event, llm_model, llm_provider
 from gatehouse.audit.export.base import Sink, SinkError, event_json
 from gatehouse.audit.export.settings import OtlpSinkSettings
 
@@ -164,9 +164,9 @@ class OtlpEncoder:
         interception = interception or anchor.id
         rq = request.details if request is not None else {}
         rs = response.details if response is not None else {}
-        provider = rq.get("provider") or _provider_from_resource(anchor.resource)
+        provider = rq.get("provider") or llm_provider(anchor.resource)
         provider_name = self.provider_name({**rq, "provider": provider})
-        model = rq.get("model") or rs.get("model") or _model_from_resource(anchor.resource)
+        model = rq.get("model") or rs.get("model") or llm_model(anchor.resource)
         usage = rs.get("usage") or {}
         status = rs.get("status") if response is not None else rq.get("status")
         error = rs.get("error") if response is not None else rq.get("error")
@@ -285,19 +285,6 @@ def _input_tokens(provider_name: str | None, usage: Mapping[str, Any]) -> int | 
     if provider_name == "anthropic":
         count += int(usage.get("cache_read_tokens") or 0) + int(usage.get("cache_write_tokens") or 0)
     return count
-
-
-def _provider_from_resource(resource: str | None) -> str | None:
-    if resource and resource.startswith("llm:"):
-        return resource[4:].split("/", 1)[0]
-    return None
-
-
-def _model_from_resource(resource: str | None) -> str | None:
-    if resource and resource.startswith("llm:") and "/" in resource:
-        model = resource.split("/", 1)[1]
-        return None if model == "?" else model
-    return None
 
 
 class OtlpSink(Sink):
