@@ -115,9 +115,9 @@ def writer_alone(mode: str, seconds: float, concurrency: int, projections: bool)
         commits = 0
 
         @contextlib.contextmanager
-        def transaction(self) -> Iterator[Tx]:
+        def transaction(self, conn: Any = None) -> Iterator[Tx]:
             self.commits += 1
-            with super().transaction() as tx:
+            with super().transaction(conn) as tx:
                 yield tx
 
     tmp = tempfile.mkdtemp(prefix="gatehouse-bench-audit-")

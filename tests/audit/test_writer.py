@@ -108,3 +108,48 @@ async def test_fail_open_keeps_events_and_writes_them_when_the_store_is_back(sql
         blocker.close()
         writer.close()
         db.close()
+
+
+async def test_sqlite_batches_commit_on_the_event_loop(sqlite_url: str) -> None:
+    import threading
+
+    from gatehouse.store.migrations import migrate
+
+    db = Database(sqlite_url)
+    migrate(db)
+    committed_on: list[tuple[int, int]] = []
+    writer = AuditWriter(
+        db, observers=[lambda evs, _s: committed_on.append((threading.get_ident(), len(evs)))]
+    )
+    writer.start()
+    try:
+        await asyncio.gather(*(writer.append(Event(kind="test.tick")) for _ in range(50)))
+    finally:
+        writer.close()
+        db.close()
+    assert {thread for thread, _ in committed_on} == {threading.get_ident()}
+    assert sum(n for _, n in committed_on) == 50
+    assert len(committed_on) < 50  # grouped: one commit served several appends
+
+
+async def test_a_lock_held_elsewhere_makes_appends_wait_not_fail(sqlite_url: str) -> None:
+    from gatehouse.store.migrations import migrate
+
+    db = Database(sqlite_url, busy_timeout_ms=5000)
+    migrate(db)
+    writer = AuditWriter(db)
+    writer.start()
+    blocker = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        pending = asyncio.ensure_future(writer.append(Event(kind="test.waits")))
+        await asyncio.sleep(0.2)
+        assert not pending.done()  # the loop is free meanwhile; the writer thread waits for the lock
+        blocker.execute("COMMIT")
+        await asyncio.wait_for(pending, 5)
+        assert [r["kind"] for r in chain_rows(db)] == ["test.waits"]
+        assert writer.healthy
+    finally:
+        blocker.close()
+        writer.close()
+        db.close()

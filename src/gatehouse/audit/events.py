@@ -7,6 +7,7 @@ number, previous hash, hash). Kinds are dotted names, `layer.noun[.verb]`: docs/
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,13 +21,34 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+# Ids must be unique, not secret: a per-process generator seeded from the OS is enough, and costs a
+# fraction of an `os.urandom` system call per id. Reseeded in a forked child so siblings never collide.
+_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
+
+
 def new_id() -> str:
     """A UUIDv7 (RFC 9562) as text: unique, and sorting by id sorts by creation time."""
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = _random.getrandbits(74)
     value = (ms << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def llm_provider(resource: str | None) -> str | None:
+    """The provider named by an LLM event's resource, `llm:<provider>[/<model>]`."""
+    if resource and resource.startswith("llm:"):
+        return resource[4:].split("/", 1)[0]
+    return None
+
+
+def llm_model(resource: str | None) -> str | None:
+    """The model named by an LLM event's resource; None where it is absent or unknown (`?`)."""
+    if resource and resource.startswith("llm:") and "/" in resource:
+        model = resource.split("/", 1)[1]
+        return None if model == "?" else model
+    return None
 
 
 @dataclass(slots=True)

@@ -79,7 +79,9 @@ _DROP_RESPONSE = frozenset(
         "set-cookie",
     }
 )
-_TOOL_CALL_MEMORY = 100_000
+# Recent tool calls kept in memory to link tool results without a query; older ones are found in the
+# `tool_calls` table. 10,000 entries is about 3 MiB.
+_TOOL_CALL_MEMORY = 10_000
 
 
 @dataclass(slots=True)

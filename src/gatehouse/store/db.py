@@ -74,6 +74,8 @@ class Database:
         self._local = threading.local()
         self._all: list[Any] = []
         self._all_lock = threading.Lock()
+        self._checkpointer: threading.Thread | None = None
+        self._checkpointer_stop = threading.Event()
         if self.dialect == "sqlite":
             self.path = Path(url.removeprefix("sqlite:///"))
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +97,9 @@ class Database:
                 conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
                 conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
                 conn.execute("PRAGMA foreign_keys=ON")
+                if self._checkpointer is not None:
+                    # The background checkpointer does it; a commit must not stall on a checkpoint's fsync.
+                    conn.execute("PRAGMA wal_autocheckpoint=0")
                 return conn
             return psycopg.connect(self.url, row_factory=dict_row, autocommit=True)
         except (sqlite3.Error, psycopg.Error) as exc:
@@ -109,7 +114,34 @@ class Database:
                 self._all.append(conn)
         return conn
 
+    def checkpoint_in_background(self, interval_s: float = 0.25) -> None:
+        """SQLite: move WAL checkpoints off the commit path. By default the commit that crosses the WAL
+        threshold runs the checkpoint (and its fsync) itself, which shows as multi-millisecond commits; a
+        PASSIVE checkpoint from its own thread and connection never blocks writers. Connections opened
+        from now on leave checkpointing to it."""
+        if self.dialect != "sqlite" or self._checkpointer is not None:
+            return
+        self._checkpointer_stop.clear()
+
+        def run() -> None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                while not self._checkpointer_stop.wait(interval_s):
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                conn.close()
+
+        self._checkpointer = threading.Thread(target=run, name="gatehouse-wal-checkpoint", daemon=True)
+        self._checkpointer.start()
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer_stop.set()
+            self._checkpointer.join(10)
+            self._checkpointer = None
         with self._all_lock:
             for conn in self._all:
                 with contextlib.suppress(Exception):  # closing a broken connection is best effort
@@ -123,10 +155,11 @@ class Database:
         return _to_pyformat(query) if self.dialect == "postgresql" else query
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """One atomic unit of work. SQLite takes the write lock up front (BEGIN IMMEDIATE), so a
-        transaction that reads the chain head and appends after it cannot interleave with another."""
-        conn = self._conn()
+    def transaction(self, conn: Any = None) -> Iterator[Tx]:
+        """One atomic unit of work, on this thread's connection unless `conn` is given. SQLite takes the
+        write lock up front (BEGIN IMMEDIATE), so a transaction that reads the chain head and appends
+        after it cannot interleave with another."""
+        conn = conn or self._conn()
         try:
             if self.dialect == "sqlite":
                 conn.execute("BEGIN IMMEDIATE")
