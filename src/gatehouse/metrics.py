@@ -197,6 +197,9 @@ class Metrics:
         self._kinds = _Capped()
         self._providers = _Capped()
         self._lock = threading.Lock()
+        # prometheus_client validates labels on every `labels()` call; a labelled child never changes,
+        # so each one is looked up once and kept (label values are capped, so this stays small).
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # llm.request id -> (provider, route, model), until its llm.response arrives.
         self._pending: collections.OrderedDict[str, tuple[str, str, str | None]] = collections.OrderedDict()
 
@@ -213,8 +216,15 @@ class Metrics:
                 except Exception:  # a malformed event must not stop the metrics
                     log.exception("metrics: cannot read event %s", event.kind)
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def _observe(self, event: Event) -> None:
-        self.committed.labels(self._kinds(label_value(event.kind))).inc()
+        self._child(self.committed, self._kinds(label_value(event.kind))).inc()
         details = event.details
         kind = event.kind
         if kind == "llm.request":
@@ -222,14 +232,14 @@ class Metrics:
             route = label_value(details.get("route"))
             if event.decision == "deny":
                 status = details.get("status")
-                self.requests.labels(provider, route, label_value(status), "deny").inc()
+                self._child(self.requests, provider, route, label_value(status), "deny").inc()
                 reason = (
                     _STATUS_REASONS.get(status, f"status_{status}") if isinstance(status, int) else "denied"
                 )
                 policy = details.get("policy")
                 if isinstance(policy, dict) and policy.get("decision") == "deny":
                     reason = f"policy_{reason}"  # a template, limit or budget refused it
-                self.denials.labels(kind, self._reasons(reason)).inc()
+                self._child(self.denials, kind, self._reasons(reason)).inc()
                 self._per_user(event, "deny", None)
             else:
                 self._pending[event.id] = (provider, route, details.get("model"))
@@ -243,24 +253,25 @@ class Metrics:
                 provider = self._providers(label_value(llm_provider(event.resource)))
                 route, requested_model = "unknown", None
             status = label_value(details.get("status"))
-            self.requests.labels(provider, route, status, event.decision).inc()
+            self._child(self.requests, provider, route, status, event.decision).inc()
             latency = details.get("latency_ms")
             if isinstance(latency, int | float):
-                self.duration.labels(provider, route).observe(latency / 1000)
+                self._child(self.duration, provider, route).observe(latency / 1000)
             ttft = details.get("ttft_ms")
             if isinstance(ttft, int | float):
-                self.ttft.labels(provider, route).observe(ttft / 1000)
+                self._child(self.ttft, provider, route).observe(ttft / 1000)
             usage = details.get("usage") or {}
             model_text = details.get("model") or requested_model or llm_model(event.resource)
             model = self._models(label_value(model_text))
             for token_type in TOKEN_TYPES:
                 count = usage.get(f"{token_type}_tokens")
                 if isinstance(count, int) and count > 0:
-                    self.tokens.labels(provider, model, token_type).inc(count)
+                    self._child(self.tokens, provider, model, token_type).inc(count)
             self._per_user(event, event.decision, usage)
         elif kind == "llm.api":
             provider = self._providers(label_value(details.get("provider") or llm_provider(event.resource)))
-            self.requests.labels(
+            self._child(
+                self.requests,
                 provider,
                 label_value(details.get("route")),
                 label_value(details.get("status")),
@@ -268,22 +279,24 @@ class Metrics:
             ).inc()
         elif kind == "auth.failure":
             provider = self._providers(label_value(llm_provider(event.resource)))
-            self.requests.labels(provider, label_value(details.get("route")), "401", "deny").inc()
-            self.denials.labels(kind, self._reasons(label_value(details.get("reason"), "denied"))).inc()
+            self._child(self.requests, provider, label_value(details.get("route")), "401", "deny").inc()
+            self._child(self.denials, kind, self._reasons(label_value(details.get("reason"), "denied"))).inc()
         elif event.decision == "deny":
-            self.denials.labels(
-                self._kinds(label_value(kind)), self._reasons(label_value(details.get("reason"), "denied"))
+            self._child(
+                self.denials,
+                self._kinds(label_value(kind)),
+                self._reasons(label_value(details.get("reason"), "denied")),
             ).inc()
 
     def _per_user(self, event: Event, decision: str, usage: Mapping[str, Any] | None) -> None:
         if self.user_requests is None:
             return
         user, agent = event.actor_user or "none", event.actor_agent or "none"
-        self.user_requests.labels(user, agent, decision).inc()
+        self._child(self.user_requests, user, agent, decision).inc()
         for token_type in TOKEN_TYPES:
             count = (usage or {}).get(f"{token_type}_tokens")
             if isinstance(count, int) and count > 0:
-                self.user_tokens.labels(user, agent, token_type).inc(count)
+                self._child(self.user_tokens, user, agent, token_type).inc(count)
 
     # -- exposition ----------------------------------------------------------------------------------
 

@@ -201,3 +201,31 @@ def test_query_language() -> None:
         ["drop", "table"],
         ["etc", "passwd"],
     ]
+
+
+async def test_the_background_indexer_indexes_new_events_off_the_request_path(db: Database) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    from gatehouse.audit.search import search_indexer_ctx
+
+    with db.transaction() as tx:
+        append_events(tx, [Event(kind="llm.request", details={"last_prompt": "rotate the backup keys"})])
+    marks = "SELECT s.seq AS indexed, h.seq AS head FROM audit_search_state s, chain_head h"
+    before = db.query_one(marks)
+    assert before is not None and before["indexed"] < before["head"]
+
+    running = search_indexer_ctx(db, interval_s=0.05)(web.Application())
+    await running.__anext__()
+    try:
+        for _ in range(100):
+            now = db.query_one(marks)
+            if now is not None and now["indexed"] >= now["head"]:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        with pytest.raises(StopAsyncIteration):
+            await running.__anext__()
+    after = db.query_one(marks)
+    assert after is not None and after["indexed"] == after["head"]

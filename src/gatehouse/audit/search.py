@@ -19,15 +19,21 @@ the index with their content.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from gatehouse.audit.events import Event
 from gatehouse.store.db import Database, Tx
+
+log = logging.getLogger(__name__)
 
 MAX_INDEXED_CHARS = 200_000
 _NOT_WORD = re.compile(r"[\W_]+")
@@ -211,3 +217,30 @@ def snippet(text: str, query: str, width: int = 160) -> str:
     start = max(0, at - width // 3)
     piece = text[start : start + width].replace("\n", " ")
     return ("…" if start else "") + piece + ("…" if start + width < len(text) else "")
+
+
+def search_indexer_ctx(
+    db: Database, interval_s: float = 2.0
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """For `app.cleanup_ctx`: index new events in the background, in bulk, every `interval_s`.
+
+    Indexing in the writer's transaction would make every request's commit write full-text pages; done
+    here it costs one batched transaction every few seconds, off the request path. Searches still see
+    everything: `search` catches up before it queries."""
+
+    async def ctx(_app: web.Application) -> AsyncIterator[None]:
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await asyncio.to_thread(catch_up, db, max_events=20_000)
+                except Exception:  # the store may be down for a while; the next pass retries
+                    log.warning("search index catch-up failed", exc_info=True)
+
+        task = asyncio.create_task(run(), name="gatehouse-search-indexer")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
