@@ -33,6 +33,16 @@ def _unique(prefix: str) -> str:
 # (method, route path, concrete path, body factory, roles allowed, status when allowed)
 MATRIX: list[tuple[str, str, str, Any, set[str], int]] = [
     ("GET", "/api/v1/me", "/api/v1/me", None, ALL, 200),
+    ("GET", "/api/v1/me/tokens", "/api/v1/me/tokens", None, ALL, 200),
+    (
+        "POST",
+        "/api/v1/me/tokens",
+        "/api/v1/me/tokens",
+        lambda: {"name": _unique("tk"), "ttl": "1h"},
+        ALL,
+        201,
+    ),
+    ("DELETE", "/api/v1/me/tokens/{id}", "/api/v1/me/tokens/nope", None, ALL, 404),
     ("GET", "/api/v1/sessions", "/api/v1/sessions", None, READERS, 200),
     ("GET", "/api/v1/sessions/{id}", "/api/v1/sessions/nope", None, READERS, 404),
     ("GET", "/api/v1/users", "/api/v1/users", None, ADMINS, 200),
@@ -129,7 +139,7 @@ PUBLIC = {("GET", "/api/v1/health")}
 def stack(policy_stack: PolicyStackFactory) -> Stack:
     stack = policy_stack()
     ids = stack.gh.identity
-    tokens = {"member": stack.token}
+    tokens = {"member": ids.create_token(user="alice", actor=OPERATOR)[1]}  # alice herself, not her agent
     for role in ROLES:
         if role != "member":
             ids.create_user(f"the-{role}", role=role, actor=OPERATOR)

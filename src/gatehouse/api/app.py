@@ -109,7 +109,7 @@ async def health(request: web.Request) -> web.Response:
     return json_response({"status": "ok" if _gh(request).writer.healthy else "degraded"})
 
 
-@requires(*READERS, "template_admin", "member")
+@requires(*READERS, "template_admin", "member")  # every role
 async def me(request: web.Request) -> web.Response:
     p = request[PRINCIPAL]
     return json_response({"user": p.user_name, "role": p.role, "agent": p.agent_name, "token_id": p.token_id})
@@ -211,11 +211,70 @@ async def tokens_revoke(request: web.Request) -> web.Response:
     return json_response(info.as_dict())
 
 
+# -- self-service: a person manages their own tokens ---------------------------------------------------
+
+PEOPLE = (*READERS, "template_admin", "member")
+SELF_SERVICE_DEFAULT_TTL = "30d"
+
+
+def _person(request: web.Request) -> Principal:
+    """Tokens are credentials: a person may mint their own, an agent may not mint any."""
+    principal = request[PRINCIPAL]
+    if principal.agent_id is not None:
+        raise Problem(403, "Forbidden", "an agent's token cannot manage tokens; sign in as a person")
+    return principal
+
+
+@requires(*PEOPLE)
+async def my_tokens_list(request: web.Request) -> web.Response:
+    me = _person(request)
+    tokens = _gh(request).identity.list_tokens(me.user_name)
+    return json_response({"tokens": [t.as_dict() for t in tokens]})
+
+
+@requires(*PEOPLE)
+async def my_tokens_create(request: web.Request) -> web.Response:
+    """Create a token for yourself (optionally for one of your agents, bound to a template). It expires:
+    after `ttl`, 30 days by default, or the template's maximum."""
+    me = _person(request)
+    body = await _json_body(request)
+    template = _string(body, "template", required=False)
+    ttl = _string(body, "ttl", required=False) or (None if template else SELF_SERVICE_DEFAULT_TTL)
+    try:
+        ttl_seconds = parse_duration(ttl) if ttl else None
+    except ValueError as exc:
+        raise Problem(422, "Unprocessable Content", str(exc)) from None
+    info, secret = _gh(request).identity.create_token(
+        user=me.user_id,
+        agent=_string(body, "agent", required=False),
+        name=_string(body, "name", required=False),
+        ttl_seconds=ttl_seconds,
+        template=template,
+        actor=_actor(request),
+    )
+    return json_response({**info.as_dict(), "token": secret}, status=201)
+
+
+@requires(*PEOPLE)
+async def my_tokens_revoke(request: web.Request) -> web.Response:
+    me = _person(request)
+    key = request.match_info["id"]
+    identity = _gh(request).identity
+    mine = [t for t in identity.list_tokens(me.user_name) if key in (t.id, t.prefix)]
+    if not mine:  # someone else's token is "not found" too: do not confirm it exists
+        raise Problem(404, "Not Found", f"you have no active token with id or prefix {key!r}")
+    info = identity.revoke_token(mine[0].id, actor=_actor(request))
+    return json_response(info.as_dict())
+
+
 def add_api_routes(app: web.Application, gh: Gatehouse) -> None:
     app.middlewares.append(problems)
     r = app.router
     r.add_get("/api/v1/health", health)
     r.add_get("/api/v1/me", me)
+    r.add_get("/api/v1/me/tokens", my_tokens_list)
+    r.add_post("/api/v1/me/tokens", my_tokens_create)
+    r.add_delete("/api/v1/me/tokens/{id}", my_tokens_revoke)
     r.add_get("/api/v1/sessions", sessions_list)
     r.add_get("/api/v1/sessions/{id}", sessions_show)
     r.add_get("/api/v1/users", users_list)

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
-from gatehouse.audit.events import Event, new_id, now_us
+from gatehouse.audit.events import Event, new_id
 from gatehouse.audit.writer import AuditUnavailable, AuditWriter
 from gatehouse.bridge.clients import client_session_id, detect_client
 from gatehouse.bridge.errors import BridgeError, Flavor, error_response, stream_error_event
@@ -598,8 +599,6 @@ def _filter_models(payload: bytes, patterns: list[str]) -> bytes:
     """List only the models this provider instance may serve."""
     if patterns == ["*"]:
         return payload
-    import orjson
-
     try:
         doc = orjson.loads(payload)
         doc["data"] = [
@@ -620,7 +619,3 @@ async def _write_quietly(response: web.StreamResponse, chunk: bytes, *, eof: boo
         return True
     except (ConnectionError, aiohttp.ClientConnectionResetError):
         return False
-
-
-def _now() -> int:
-    return now_us()
