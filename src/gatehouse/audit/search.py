@@ -20,6 +20,7 @@ the index with their content.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import re
@@ -229,11 +230,15 @@ def search_indexer_ctx(
     everything: `search` catches up before it queries."""
 
     async def ctx(_app: web.Application) -> AsyncIterator[None]:
+        # One thread of its own: each thread holds its own store connection and page cache.
+        worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatehouse-search")
+
         async def run() -> None:
+            loop = asyncio.get_running_loop()
             while True:
                 await asyncio.sleep(interval_s)
                 try:
-                    await asyncio.to_thread(catch_up, db, max_events=20_000)
+                    await loop.run_in_executor(worker, lambda: catch_up(db, max_events=20_000))
                 except Exception:  # the store may be down for a while; the next pass retries
                     log.warning("search index catch-up failed", exc_info=True)
 
@@ -242,5 +247,6 @@ def search_indexer_ctx(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        worker.shutdown(wait=True)
 
     return ctx
