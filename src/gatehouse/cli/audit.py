@@ -33,7 +33,7 @@ from gatehouse.audit.retention import (
 from gatehouse.audit.settings import RetentionSettings
 from gatehouse.audit.verify import TrailError, VerifyReport, export_trail, verify_database, verify_file
 from gatehouse.cli.context import Context, pass_context
-from gatehouse.cli.output import emit_json, emit_table
+from gatehouse.cli.output import emit_json, emit_table, json_option
 from gatehouse.store.db import StoreError
 from gatehouse.timeutil import iso, parse_time
 
@@ -110,7 +110,7 @@ def _progress(what: str) -> Any:
     " public half of audit.signing_key, if set.",
 )
 @click.option("--keep-going", is_flag=True, help="Report every break (up to 100), not only the first.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @click.pass_context
 def verify_command(
     click_ctx: click.Context, trail: Path | None, public_key: str | None, keep_going: bool, as_json: bool
@@ -179,7 +179,7 @@ def _print_report(r: VerifyReport, *, keyed: bool) -> None:
 
 
 @audit.command("checkpoint")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def checkpoint_command(ctx: Context, as_json: bool) -> None:
     """Record a checkpoint of the chain's head, signed with audit.signing_key when set."""
@@ -197,7 +197,7 @@ def checkpoint_command(ctx: Context, as_json: bool) -> None:
 
 
 @audit.command("checkpoints")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def checkpoints_command(ctx: Context, as_json: bool) -> None:
     """List checkpoints, oldest first."""
@@ -265,7 +265,7 @@ def export_trail_command(ctx: Context, out: Path, as_json: bool) -> None:
 
 @audit.command("prune")
 @click.option("--dry-run", is_flag=True, help="Count what would be pruned; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def prune_command(ctx: Context, dry_run: bool, as_json: bool) -> None:
     """Apply retention now (the server also does it every audit.retention.interval_s)."""
@@ -294,7 +294,7 @@ def hold() -> None:
 @click.option("--user", help="User name or id (as actor or on-behalf-of).")
 @click.option("--agent", help="Agent name or id.")
 @click.option("--reason", required=True, help="Why (case number, request).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def hold_add(
     ctx: Context, session: str | None, user: str | None, agent: str | None, reason: str, as_json: bool
@@ -318,7 +318,7 @@ def hold_add(
 
 @hold.command("list")
 @click.option("--all", "include_released", is_flag=True, help="Include released holds.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def hold_list(ctx: Context, include_released: bool, as_json: bool) -> None:
     """List legal holds (active ones unless --all)."""
@@ -337,7 +337,7 @@ def hold_list(ctx: Context, include_released: bool, as_json: bool) -> None:
 
 @hold.command("release")
 @click.argument("hold_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def hold_release(ctx: Context, hold_id: str, as_json: bool) -> None:
     """Release a legal hold: its events follow retention again."""
@@ -365,7 +365,7 @@ def _filter_options(command: Any) -> Any:
         click.option("--kind", "kinds", multiple=True, help="Kind or prefix (llm.*); repeatable."),
         click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True),
         click.option("--cursor", help="Continue after the page that printed this cursor."),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts."),
+        json_option,
     ]
     for option in reversed(options):
         command = option(command)
@@ -485,7 +485,7 @@ def _print_tail(events: list[dict[str, Any]], as_json: bool, last: int) -> int:
 
 @audit.command("show")
 @click.argument("event_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def show_command(ctx: Context, event_id: str, as_json: bool) -> None:
     """One event, by id or seq, with its details."""

@@ -5,11 +5,9 @@ from __future__ import annotations
 import click
 
 from gatehouse.cli.context import Context, pass_context
-from gatehouse.cli.output import emit_json, emit_table
+from gatehouse.cli.output import emit_json, emit_table, json_option
 from gatehouse.identity.service import ROLES, IdentityError
 from gatehouse.timeutil import parse_duration
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 @click.group()

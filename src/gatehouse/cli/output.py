@@ -10,6 +10,9 @@ import orjson
 
 from gatehouse.timeutil import iso
 
+# Every command that prints data takes the same flag, so scripts can rely on it.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
 
 def emit_json(data: Any) -> None:
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())

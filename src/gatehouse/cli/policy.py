@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from gatehouse.cli.context import Context, pass_context
-from gatehouse.cli.output import emit_json
+from gatehouse.cli.output import emit_json, json_option
 from gatehouse.identity.service import IdentityError
 from gatehouse.policy import explain as explaining
 from gatehouse.policy.engine import PolicyEngine
@@ -30,7 +30,7 @@ def policy() -> None:
     "--template", help="The template to judge by (default: the one the agent's tokens are bound to)."
 )
 @click.option("--max-tokens", type=int, help="The output the call would ask for.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def policy_explain(
     ctx: Context,

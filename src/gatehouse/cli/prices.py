@@ -5,12 +5,10 @@ from __future__ import annotations
 import click
 
 from gatehouse.cli.context import Context, pass_context
-from gatehouse.cli.output import emit_json, emit_table
+from gatehouse.cli.output import emit_json, emit_table, json_option
 from gatehouse.policy.prices import PriceService
 from gatehouse.policy.templates import PolicyError
 from gatehouse.timeutil import parse_time
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 @click.group()

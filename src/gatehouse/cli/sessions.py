@@ -8,7 +8,7 @@ import click
 
 from gatehouse.bridge.sessions import SessionFilter, list_sessions, show_session
 from gatehouse.cli.context import Context, pass_context
-from gatehouse.cli.output import emit_json, emit_table
+from gatehouse.cli.output import emit_json, emit_table, json_option
 from gatehouse.timeutil import iso, parse_time
 
 
@@ -26,7 +26,7 @@ def sessions() -> None:
 @click.option("--from", "since", help="Start of the window: ISO 8601 or an age (24h, 7d).")
 @click.option("--to", "until", help="End of the window: ISO 8601 or an age.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def sessions_list(
     ctx: Context,
@@ -78,7 +78,7 @@ def sessions_list(
 
 @sessions.command("show")
 @click.argument("session_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def sessions_show(ctx: Context, session_id: str, as_json: bool) -> None:
     """Show one session: its LLM calls in order, with prompts, tool calls, results and usage."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from gatehouse.cli.context import Context, pass_context
-from gatehouse.cli.output import emit_json, emit_table
+from gatehouse.cli.output import emit_json, emit_table, json_option
 from gatehouse.policy.settings import policy_settings
 from gatehouse.policy.spend import COLUMNS, GROUPINGS, SpendFilter, rebuild_spend, report_csv, spend_report
 from gatehouse.timeutil import parse_time
@@ -21,7 +21,7 @@ def spend() -> None:
 @click.option("--from", "since", help="From (ISO 8601, or an age like 7d).")
 @click.option("--to", "until", help="Until (exclusive).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@json_option
 @pass_context
 def spend_report_command(
     ctx: Context, by: str, since: str | None, until: str | None, as_csv: bool, as_json: bool

@@ -7,12 +7,11 @@ from typing import Any
 import click
 
 from gatehouse.cli.context import Context, pass_context
-from gatehouse.cli.output import emit_json, emit_table
+from gatehouse.cli.output import emit_json, emit_table, json_option
 from gatehouse.identity.service import IdentityError
 from gatehouse.policy.teams import TeamService
 from gatehouse.policy.templates import PolicyError
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 _ERRORS = (IdentityError, PolicyError)
 
 

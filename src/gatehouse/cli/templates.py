@@ -8,10 +8,9 @@ from pathlib import Path
 import click
 
 from gatehouse.cli.context import Context, pass_context
-from gatehouse.cli.output import emit_json, emit_table
+from gatehouse.cli.output import emit_json, emit_table, json_option
 from gatehouse.policy.templates import PolicyError, TemplateInvalid, TemplateStore, schema
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 file_argument = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 
 
