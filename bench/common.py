@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 from collections.abc import Coroutine, Iterable, Sequence
@@ -155,21 +156,37 @@ def ratio(a: float, b: float) -> float:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def family(pid: int) -> list[int]:
+    """A process and its live descendants (Gatehouse's audit writer process counts as Gatehouse)."""
+    pids = [pid]
+    for parent in pids:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    pids += [int(child) for child in f.read().split()]
+    return pids
+
+
 def rss_kib(pid: int) -> int:
-    """Resident set size of a process, from /proc/<pid>/status (VmRSS, KiB)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """Resident set size of a process and its descendants, from /proc/<pid>/status (VmRSS, KiB)."""
+    total = 0
+    for member in family(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/status") as f:
+            total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+    if not total:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # After the command name: state is field 3, utime field 14, stime field 15 (1-based, man proc(5)).
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    """User + system CPU time of a process and its descendants (all threads), from /proc/<pid>/stat."""
+    total = 0
+    for member in family(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{member}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            # After the command name: state is field 3, utime 14, stime 15 (1-based, man proc(5)).
+            total += int(fields[11]) + int(fields[12])
+    return total / _CLK_TCK
 
 
 # -- output ----------------------------------------------------------------------------------------------

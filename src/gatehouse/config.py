@@ -85,6 +85,8 @@ class StoreSettings(_Section):
 class AuditSettings(_Section):
     fail_mode: FailMode = FailMode.CLOSED
     max_batch: Annotated[int, Field(gt=0, le=100_000)] = 2000
+    # Commit in a separate writer process (another core) rather than on the serving event loop.
+    writer_process: bool = True
     retention: RetentionSettings = Field(default_factory=RetentionSettings)  # see docs/audit.md
     signing_key: SigningKey = None  # Ed25519 key signing checkpoints (env:/file:)
 

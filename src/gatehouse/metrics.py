@@ -83,12 +83,21 @@ class MetricsSettings(BaseModel):
         return resolve_secret_reference(value, environ) if isinstance(value, str) else value
 
 
+_UNSAFE = re.compile(r"[^a-z0-9_.:/\-]+")
+_cleaned: dict[Any, str] = {}  # label texts repeat (kinds, routes, statuses): clean each one once
+
+
 def label_value(text: Any, default: str = "unknown") -> str:
     """A label value from free text: lower case, [a-z0-9_.:/-], at most 64 characters."""
     if text is None or text == "":
         return default
-    cleaned = re.sub(r"[^a-z0-9_.:/\-]+", "_", str(text).strip().lower()).strip("_")
-    return cleaned[:64] or default
+    key = text if type(text) is str else (type(text), text)  # True == 1, but labels "true" and "1"
+    cleaned = _cleaned.get(key)
+    if cleaned is None:
+        cleaned = _UNSAFE.sub("_", str(text).strip().lower()).strip("_")[:64]
+        if len(_cleaned) < 10_000:
+            _cleaned[key] = cleaned
+    return cleaned or default
 
 
 class _Capped:

@@ -9,7 +9,7 @@ from aiohttp import web
 from gatehouse.audit.checkpoints import signing_key_from_secret
 from gatehouse.audit.export.exporter import Exporter, add_export_task
 from gatehouse.audit.retention import retention_cleanup_ctx
-from gatehouse.audit.search import search_indexer_ctx
+from gatehouse.audit.search import index_some, search_indexer_ctx
 from gatehouse.audit.writer import AuditWriter
 from gatehouse.bridge.projection import project_bridge_events
 from gatehouse.bridge.proxy import Bridge
@@ -58,6 +58,8 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
         max_batch=settings.audit.max_batch,
         fail_open=settings.audit.fail_mode is FailMode.OPEN,
         observers=[metrics.observer, exporter.observer],
+        process=settings.audit.writer_process,
+        process_tasks=[index_some],
     )
     identity = IdentityService(db)
     metrics.writer, metrics.exporter, metrics.identity = writer, exporter, identity
@@ -101,7 +103,8 @@ def create_app(gh: Gatehouse) -> web.Application:
         add_oidc_routes(app, gh, gh.settings.oidc)
     add_policy_routes(app, gh)
     add_audit_routes(app, gh)
-    app.cleanup_ctx.append(search_indexer_ctx(gh.db))
+    if not gh.settings.audit.writer_process:  # otherwise the writer process indexes between commits
+        app.cleanup_ctx.append(search_indexer_ctx(gh.db))
     audit = gh.settings.audit
     if audit.retention.enabled:
         app.cleanup_ctx.append(

@@ -148,4 +148,6 @@ def test_egress_trap_sees_codex_phoning_home_when_not_silenced(
     assert run.returncode == 0, run.describe()
     assert run.text == REPLY
     hosts = {line.split()[1] for line in run.egress if line.startswith("CONNECT ")}
-    assert {"ab.chatgpt.com:443", "api.github.com:443"} <= hosts, run.egress
+    assert "ab.chatgpt.com:443" in hosts, run.egress
+    # The plugin sync starts with git (github.com) and may or may not reach the API before Codex exits.
+    assert hosts & {"github.com:443", "api.github.com:443"}, run.egress

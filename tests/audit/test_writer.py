@@ -15,8 +15,14 @@ def chain_rows(db: Database) -> list[dict[str, object]]:
     return db.query("SELECT * FROM events ORDER BY seq")
 
 
-async def test_concurrent_appends_form_one_verifiable_chain(db: Database) -> None:
-    writer = AuditWriter(db)
+# Both ways of committing what the event loop appends: in a writer process (the server's default) and
+# in-process (on the loop for SQLite, on the writer thread for PostgreSQL).
+PROCESS = pytest.mark.parametrize("process", [True, False], ids=["process", "in-process"])
+
+
+@PROCESS
+async def test_concurrent_appends_form_one_verifiable_chain(db: Database, process: bool) -> None:
+    writer = AuditWriter(db, process=process)
     writer.start()
     try:
         await asyncio.gather(*(writer.append(Event(kind="test.tick", details={"n": i})) for i in range(500)))
@@ -34,8 +40,9 @@ async def test_concurrent_appends_form_one_verifiable_chain(db: Database) -> Non
     assert head == {"seq": 500, "hash": prev}
 
 
-async def test_append_returns_only_after_commit(db: Database) -> None:
-    writer = AuditWriter(db)
+@PROCESS
+async def test_append_returns_only_after_commit(db: Database, process: bool) -> None:
+    writer = AuditWriter(db, process=process)
     writer.start()
     try:
         event = Event(kind="test.durable")
@@ -60,12 +67,13 @@ def test_event_ids_are_time_ordered_uuid7() -> None:
     assert ids[0][:8] <= ids[-1][:8]
 
 
-async def test_fail_closed_refuses_then_records_the_gap(sqlite_url: str) -> None:
+@PROCESS
+async def test_fail_closed_refuses_then_records_the_gap(sqlite_url: str, process: bool) -> None:
     db = Database(sqlite_url, busy_timeout_ms=50)
     from gatehouse.store.migrations import migrate
 
     migrate(db)
-    writer = AuditWriter(db)
+    writer = AuditWriter(db, process=process)
     writer.start()
     blocker = sqlite3.connect(db.path, isolation_level=None)
     try:
@@ -86,12 +94,15 @@ async def test_fail_closed_refuses_then_records_the_gap(sqlite_url: str) -> None
         db.close()
 
 
-async def test_fail_open_keeps_events_and_writes_them_when_the_store_is_back(sqlite_url: str) -> None:
+@PROCESS
+async def test_fail_open_keeps_events_and_writes_them_when_the_store_is_back(
+    sqlite_url: str, process: bool
+) -> None:
     db = Database(sqlite_url, busy_timeout_ms=50)
     from gatehouse.store.migrations import migrate
 
     migrate(db)
-    writer = AuditWriter(db, fail_open=True)
+    writer = AuditWriter(db, fail_open=True, process=process)
     writer.start()
     blocker = sqlite3.connect(db.path, isolation_level=None)
     try:
@@ -132,24 +143,166 @@ async def test_sqlite_batches_commit_on_the_event_loop(sqlite_url: str) -> None:
     assert len(committed_on) < 50  # grouped: one commit served several appends
 
 
-async def test_a_lock_held_elsewhere_makes_appends_wait_not_fail(sqlite_url: str) -> None:
+@PROCESS
+async def test_a_lock_held_elsewhere_makes_appends_wait_not_fail(sqlite_url: str, process: bool) -> None:
     from gatehouse.store.migrations import migrate
 
     db = Database(sqlite_url, busy_timeout_ms=5000)
     migrate(db)
-    writer = AuditWriter(db)
+    writer = AuditWriter(db, process=process)
     writer.start()
     blocker = sqlite3.connect(db.path, isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")
         pending = asyncio.ensure_future(writer.append(Event(kind="test.waits")))
         await asyncio.sleep(0.2)
-        assert not pending.done()  # the loop is free meanwhile; the writer thread waits for the lock
+        assert not pending.done()  # the loop is free meanwhile; the writer thread or process waits
         blocker.execute("COMMIT")
         await asyncio.wait_for(pending, 5)
         assert [r["kind"] for r in chain_rows(db)] == ["test.waits"]
         assert writer.healthy
     finally:
         blocker.close()
+        writer.close()
+        db.close()
+
+
+# -- the writer process ------------------------------------------------------------------------------
+
+
+def _verify_chain(db: Database) -> list[dict[str, object]]:
+    rows = chain_rows(db)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    prev = GENESIS_HASH
+    for row in rows:
+        assert row["prev_hash"] == prev and row_hash(row) == row["hash"]
+        prev = str(row["hash"])
+    return rows
+
+
+async def test_the_writer_process_commits_and_projects_off_the_loop(db: Database) -> None:
+    import os
+    import threading
+
+    from gatehouse.audit.search import project_search_index
+
+    observed: list[tuple[int, int]] = []
+    writer = AuditWriter(
+        db,
+        process=True,
+        projections=[project_search_index],
+        observers=[lambda evs, _s: observed.append((threading.get_ident(), len(evs)))],
+    )
+    writer.start()
+    try:
+        assert writer._link is not None and writer._link.process.pid != os.getpid()
+        events = [Event(kind="test.tick", details={"text": f"needle{i}"}) for i in range(200)]
+        await asyncio.gather(*(writer.append(e) for e in events))
+        # The acknowledgement carried each event's place in the chain back to this process.
+        assert sorted(e.seq for e in events) == list(range(1, 201))
+        rows = {r["id"]: r for r in _verify_chain(db)}
+        assert all(rows[e.id]["hash"] == e.hash and rows[e.id]["seq"] == e.seq for e in events)
+        # The projection ran in the process's transaction.
+        search_column = "rowid" if db.dialect == "sqlite" else "seq"
+        indexed = db.query(f"SELECT {search_column} AS s FROM audit_search")
+        assert sorted(int(r["s"]) for r in indexed) == list(range(1, 201))
+    finally:
+        writer.close()
+    # Observers run in this process, on the loop, once per acknowledged batch.
+    assert {thread for thread, _ in observed} == {threading.get_ident()}
+    assert sum(n for _, n in observed) == 200
+    assert writer._link is None
+
+
+async def test_a_killed_writer_process_loses_nothing(sqlite_url: str) -> None:
+    import signal
+
+    from gatehouse.store.migrations import migrate
+
+    db = Database(sqlite_url)
+    migrate(db)
+    writer = AuditWriter(db, process=True)
+    writer.start()
+    try:
+        await asyncio.gather(*(writer.append(Event(kind="test.before")) for _ in range(100)))
+        assert writer._link is not None
+        process = writer._link.process
+        in_flight = [asyncio.ensure_future(writer.append(Event(kind="test.during"))) for _ in range(100)]
+        process.send_signal(signal.SIGKILL)
+        await asyncio.gather(*in_flight)  # each one committed by the process or, after it died, in-process
+        process.wait(5)
+        await asyncio.gather(*(writer.append(Event(kind="test.after")) for _ in range(100)))
+        assert writer._link is None and writer.healthy
+    finally:
+        writer.close()
+    kinds = [r["kind"] for r in _verify_chain(db)]
+    assert sorted(kinds) == sorted(["test.before"] * 100 + ["test.during"] * 100 + ["test.after"] * 100)
+    db.close()
+
+
+async def test_close_drains_what_nobody_awaited(sqlite_url: str) -> None:
+    from gatehouse.store.migrations import migrate
+
+    db = Database(sqlite_url)
+    migrate(db)
+    writer = AuditWriter(db, process=True)
+    writer.start()
+    for i in range(1000):
+        writer.append_nowait(Event(kind="test.nowait", details={"n": i}))
+    await asyncio.sleep(0)
+    writer.close()
+    assert len(_verify_chain(db)) == 1000
+    db.close()
+
+
+async def test_projections_that_cannot_be_sent_keep_the_writer_in_process(sqlite_url: str) -> None:
+    from gatehouse.store.migrations import migrate
+
+    db = Database(sqlite_url)
+    migrate(db)
+    seen: list[str] = []
+    writer = AuditWriter(db, process=True, projections=[lambda _tx, evs: seen.extend(e.kind for e in evs)])
+    writer.start()
+    try:
+        assert writer._link is None
+        await writer.append(Event(kind="test.local"))
+    finally:
+        writer.close()
+        db.close()
+    assert seen == ["test.local"]
+
+
+def test_frames_survive_any_split() -> None:
+    from gatehouse.audit.worker import FrameReader, frame
+
+    payloads = [b"", b"x", b"hello" * 1000, bytes(range(256))]
+    stream = b"".join(frame(p) for p in payloads)
+    for step in (1, 3, 7, 4096, len(stream)):
+        reader = FrameReader()
+        got: list[bytes] = []
+        for i in range(0, len(stream), step):
+            got += reader.feed(stream[i : i + step])
+        assert got == payloads
+
+
+async def test_the_writer_process_indexes_for_search_between_commits(sqlite_url: str) -> None:
+    from gatehouse.audit.search import index_some
+    from gatehouse.store.migrations import migrate
+
+    db = Database(sqlite_url)
+    migrate(db)
+    writer = AuditWriter(db, process=True, process_tasks=[index_some])
+    writer.start()
+    try:
+        await asyncio.gather(*(writer.append(Event(kind="test.tick", details={"n": i})) for i in range(50)))
+        state = None
+        for _ in range(100):  # the task runs about once a second
+            state = db.query_one("SELECT seq FROM audit_search_state WHERE id = 1")
+            if state is not None and state["seq"] == 50:
+                break
+            await asyncio.sleep(0.05)
+        assert state == {"seq": 50}
+        assert db.query_one("SELECT count(*) AS n FROM audit_search") == {"n": 50}
+    finally:
         writer.close()
         db.close()

@@ -165,6 +165,12 @@ def catch_up(db: Database, *, batch: int = _CATCH_UP_BATCH, max_events: int | No
     return indexed
 
 
+def index_some(db: Database, step: int = 2000) -> bool:
+    """A writer-process task (see `AuditWriter(process_tasks=...)`): index up to `step` new events;
+    True while more remain."""
+    return catch_up(db, batch=step, max_events=step) >= step
+
+
 def _details(text: str) -> dict[str, Any]:
     try:
         value = orjson.loads(text)

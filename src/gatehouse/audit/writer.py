@@ -5,13 +5,15 @@ head read under the write lock, hashes computed, rows inserted, projections upda
 must not act before their event is durable `await append(...)`; it returns once the batch holding the
 event has committed, so the cost of one commit is shared by every request that arrived meanwhile.
 
-Two paths lead there. On SQLite the batch is committed on the event loop itself, once per loop
-iteration: an embedded commit (WAL, no fsync, checkpoints moved to a background thread) costs about a
-hundred microseconds of CPU, less than handing events to another thread and back, which also makes the two
-threads fight over the GIL on every request. If that commit cannot go through at once (another process
-holds the write lock, or the store fails), the batch goes to the writer thread, which waits, retries and
-applies the failure policy. PostgreSQL batches always go through the writer thread, whose commit waits on
-the network.
+Three paths lead there. What the serving event loop appends is collected for one loop iteration and then,
+by default (`process=True`), sent to the writer process (`gatehouse.audit.worker`), which commits it on
+another core and acknowledges it: chaining, inserting and projecting cost the loop nothing but the
+sending. Without the process, a SQLite batch is committed on the loop itself (an embedded commit costs
+about a hundred microseconds of CPU, less than a round trip through another thread, which would also
+fight the loop for the GIL). Everything else goes through the writer thread: appends from other threads
+or loops, PostgreSQL batches without the process (the commit waits on the network), and every batch the
+fast paths could not commit at once (the write lock is held elsewhere, the store fails, the process
+died): the thread waits, retries and applies the failure policy.
 
 If the store fails, `append` raises `AuditUnavailable` (fail closed) unless the writer runs fail-open, in
 which case events are kept in a bounded buffer and retried, and an `audit.gap` event records what passed
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import queue
 import threading
@@ -31,6 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from gatehouse.audit import worker
 from gatehouse.audit.chain import event_hash
 from gatehouse.audit.events import Event, now_us
 from gatehouse.store.db import Database, StoreError, Tx
@@ -38,7 +42,7 @@ from gatehouse.store.db import Database, StoreError, Tx
 log = logging.getLogger(__name__)
 
 # A projection keeps a derived table (sessions, spend, ...) in step with the log, in the same transaction.
-Projection = Callable[[Tx, Sequence[Event]], None]
+Projection = Callable[[Tx, Sequence[Event]], None]  # picklable, to run in the writer process
 # An observer learns of events once they are committed (metrics, export wake-ups). It runs on the writer
 # thread, so it must be quick and must not raise.
 Observer = Callable[[Sequence[Event], float], None]
@@ -114,6 +118,8 @@ class AuditWriter:
         fail_open: bool = False,
         retry_buffer: int = 100_000,
         observers: Sequence[Observer] = (),
+        process: bool = False,
+        process_tasks: Sequence[Callable[[Database], bool]] = (),
     ) -> None:
         self.db = db
         self.projections = tuple(projections)
@@ -128,8 +134,12 @@ class AuditWriter:
         self.observers = list(observers)
         self.healthy = True
         self.committed_events = 0
-        # The event-loop path (SQLite): what this loop iteration appended, and the loop it belongs to.
-        self._inline = db.dialect == "sqlite"
+        # The event-loop paths (the writer process, or an inline SQLite commit): what this loop iteration
+        # appended, and the loop it belongs to.
+        self._process = process
+        self._process_tasks = tuple(process_tasks)  # see worker.WorkerConfig.tasks
+        self._link: worker.WorkerLink | None = None
+        self._inline = process or db.dialect == "sqlite"
         self._inline_conn: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[Sequence[Event], asyncio.Future[None] | None]] = []
@@ -139,14 +149,42 @@ class AuditWriter:
 
     def start(self) -> None:
         if self._thread is None:
-            self.db.checkpoint_in_background()
+            if self._process:
+                self._link = self._spawn()
+            if self._link is None:
+                self.db.checkpoint_in_background()
+            else:
+                self.db.leave_checkpoints_to_others()
             self._thread = threading.Thread(target=self._run, name="gatehouse-audit-writer", daemon=True)
             self._thread.start()
 
+    def _spawn(self) -> worker.WorkerLink | None:
+        started = worker.spawn(
+            worker.WorkerConfig(
+                url=self.db.url,
+                synchronous=self.db.synchronous,
+                busy_timeout_ms=self.db.busy_timeout_ms,
+                projections=self.projections,
+                max_batch=self.max_batch,
+                tasks=self._process_tasks,
+            )
+        )
+        if started is None:
+            return None
+        process, sock = started
+        return worker.WorkerLink(
+            process, sock, committed=self._batch_committed, refused=self._batch_refused, lost=self._link_lost
+        )
+
     def close(self, timeout: float = 10.0) -> None:
-        """Flush what is queued and stop the thread."""
+        """Flush what is queued and stop the thread (and the writer process)."""
         if self._pending:
             self._flush_inline()
+        if self._link is not None:
+            for batch in self._link.close(timeout):
+                for events, _ in batch:  # the process died holding them: the thread writes them below
+                    self._queue.put((events, None))
+            self._link = None
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
@@ -157,7 +195,8 @@ class AuditWriter:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize() + len(self._pending)
+        inflight = self._link.inflight_events if self._link is not None else 0
+        return self._queue.qsize() + len(self._pending) + inflight
 
     # -- appending ---------------------------------------------------------------------------------
 
@@ -202,7 +241,13 @@ class AuditWriter:
             return False
         if self._loop is None or self._loop.is_closed():
             self._loop = loop
-        return self._loop is loop
+        if self._loop is not loop:
+            return False
+        if self._link is not None:
+            self._link.attach(loop)
+        elif self._process and self.db.dialect != "sqlite":
+            return False  # the process is gone: PostgreSQL commits belong on the thread
+        return True
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._flush_scheduled:
@@ -214,6 +259,9 @@ class AuditWriter:
     def _flush_inline(self) -> None:
         self._flush_scheduled = False
         batch, self._pending = self._pending, []
+        if self._link is not None:
+            self._link.send(batch)
+            return
         events = [e for evs, _ in batch for e in evs]
         if not events:
             return
@@ -226,21 +274,34 @@ class AuditWriter:
             with self.db.transaction(self._inline_conn) as tx:
                 append_events(tx, events, self.projections)
         except Exception:
-            for evs, waiter in batch:
-                self._hand_to_thread(evs, waiter)
+            self._batch_refused(batch, "")
             return
-        self._committed(events, time.perf_counter() - started)
+        self._batch_committed(batch, time.perf_counter() - started)
+
+    def _batch_committed(self, batch: worker.Batch, elapsed: float) -> None:
+        self._committed([e for evs, _ in batch for e in evs], elapsed)
         for _, waiter in batch:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    def _hand_to_thread(self, events: Sequence[Event], waiter: asyncio.Future[None] | None) -> None:
-        if waiter is None:
-            self._queue.put((events, None))
-            return
-        future: Future[None] = Future()
-        self._queue.put((events, future))
-        asyncio.wrap_future(future).add_done_callback(lambda done: _settle(waiter, done))
+    def _batch_refused(self, batch: worker.Batch, _reason: str) -> None:
+        """The fast path could not commit `batch`: the thread retries it under the failure policy."""
+        for events, waiter in batch:
+            if waiter is None or waiter.done():
+                self._queue.put((events, None))
+                continue
+            future: Future[None] = Future()
+            self._queue.put((events, future))
+            asyncio.wrap_future(future, loop=waiter.get_loop()).add_done_callback(
+                functools.partial(_settle, waiter)
+            )
+
+    def _link_lost(self, batches: list[worker.Batch]) -> None:
+        self._link = None
+        if self.db.dialect == "sqlite":
+            self.db.checkpoint_in_background()  # the process did it
+        for batch in batches:
+            self._batch_refused(batch, "the writer process exited")
 
     # -- the writer thread ---------------------------------------------------------------------------
 

@@ -69,13 +69,14 @@ class Database:
     def __init__(self, url: str, *, synchronous: str = "normal", busy_timeout_ms: int = 5000) -> None:
         self.url = url
         self.dialect: Dialect = "sqlite" if url.startswith("sqlite:") else "postgresql"
-        self._synchronous = synchronous
-        self._busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._all: list[Any] = []
         self._all_lock = threading.Lock()
         self._checkpointer: threading.Thread | None = None
         self._checkpointer_stop = threading.Event()
+        self._checkpoints_elsewhere = False
         if self.dialect == "sqlite":
             self.path = Path(url.removeprefix("sqlite:///"))
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,14 +91,14 @@ class Database:
                     self.path,
                     isolation_level=None,
                     check_same_thread=False,
-                    timeout=self._busy_timeout_ms / 1000,
+                    timeout=self.busy_timeout_ms / 1000,
                 )
                 conn.row_factory = sqlite3.Row
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
-                conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+                conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
                 conn.execute("PRAGMA foreign_keys=ON")
-                if self._checkpointer is not None:
+                if self._checkpointer is not None or self._checkpoints_elsewhere:
                     # The background checkpointer does it; a commit must not stall on a checkpoint's fsync.
                     conn.execute("PRAGMA wal_autocheckpoint=0")
                 return conn
@@ -136,6 +137,11 @@ class Database:
 
         self._checkpointer = threading.Thread(target=run, name="gatehouse-wal-checkpoint", daemon=True)
         self._checkpointer.start()
+
+    def leave_checkpoints_to_others(self) -> None:
+        """Another process checkpoints (the audit writer process): connections opened from now on never
+        checkpoint in their commits."""
+        self._checkpoints_elsewhere = True
 
     def close(self) -> None:
         if self._checkpointer is not None:
