@@ -100,7 +100,8 @@ StackFactory = Callable[..., Stack]
 
 @pytest.fixture
 def make_stack(simulator: Simulator, tmp_path: Path) -> Iterator[StackFactory]:
-    """Build a stack; keyword arguments override settings sections (bridge=, audit=, store_url=, ...)."""
+    """Build a stack; keyword arguments override settings sections (bridge=, audit=, store_url=, ...);
+    `providers` adds provider instances to the `anthropic` and `openai` ones (or replaces them by name)."""
     contexts: list[Any] = []
 
     def make(
@@ -111,6 +112,7 @@ def make_stack(simulator: Simulator, tmp_path: Path) -> Iterator[StackFactory]:
         server: ServerSettings | None = None,
         anthropic_models: list[str] | None = None,
         upstream: Simulator | None = None,
+        providers: dict[str, ProviderSettings] | None = None,
     ) -> Stack:
         sim = upstream or simulator
         sim.reset()
@@ -129,6 +131,7 @@ def make_stack(simulator: Simulator, tmp_path: Path) -> Iterator[StackFactory]:
                     models=anthropic_models or ["*"],
                 ),
                 "openai": ProviderSettings(type="openai", base_url=sim.url, api_key=SecretStr(UPSTREAM_KEY)),
+                **(providers or {}),
             },
         )
         gh = build(settings)

@@ -69,3 +69,66 @@ def test_missing_secret_reference_and_bad_toml(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "[server\n"), {})
     with pytest.raises(ConfigError, match="no such configuration file"):
         load_settings(tmp_path / "missing.toml", {})
+
+
+def test_azure_provider(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[providers.azure]
+type = "openai"
+base_url = "https://res.openai.azure.com/"
+api_key = "sk-azure"
+azure_deployments = { "gpt-4.1" = "team-gpt41" }
+""",
+    )
+    # From the environment the version reads as a TOML date; it is taken as the text it was.
+    settings = load_settings(path, {"GATEHOUSE_PROVIDERS__AZURE__AZURE_API_VERSION": "2024-10-21"})
+    provider = settings.providers["azure"]
+    assert provider.azure_api_version == "2024-10-21"
+    assert provider.auth_header == "api-key"  # Azure's header unless told otherwise
+    assert provider.azure_deployment("gpt-4.1") == "team-gpt41"
+    assert provider.azure_deployment("o4-mini") == "o4-mini"
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            'azure_api_version = "v1"',
+            "providers.a.azure_api_version: must be a dated Azure OpenAI API version such as 2024-10-21",
+        ),
+        ('azure_api_version = "2025-04-01-previewx"', "must be a dated Azure OpenAI API version"),
+        ('azure_deployments = { "gpt-4.1" = "x" }', "azure_deployments needs azure_api_version"),
+        (
+            'azure_api_version = "2024-10-21"\nazure_deployments = { "gpt-4.1" = "../files" }',
+            "providers.a.azure_deployments: deployment '../files' (for model 'gpt-4.1') may only use",
+        ),
+        (
+            'azure_api_version = "2024-10-21"\nbase_url = "https://res.openai.azure.com/openai/v1"',
+            "base_url is the resource endpoint without /openai",
+        ),
+        (
+            'type = "anthropic"\nazure_api_version = "2024-10-21"',
+            "apply to openai-type providers only",
+        ),
+    ],
+)
+def test_azure_settings_are_checked(tmp_path: Path, lines: str, message: str) -> None:
+    settings = {"type": '"openai"', "base_url": '"https://res.openai.azure.com"'}
+    for line in lines.splitlines():
+        key, _, value = line.partition(" = ")
+        settings[key] = value
+    path = write(tmp_path, "[providers.a]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, {})
+    assert message in str(exc.value)
+
+
+def test_azure_api_version_accepts_preview_versions() -> None:
+    from gatehouse.config import ProviderSettings
+
+    provider = ProviderSettings(
+        type="openai", base_url="https://apim.example.com/team", azure_api_version="2025-04-01-preview"
+    )
+    assert provider.azure_api_version == "2025-04-01-preview"

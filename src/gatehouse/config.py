@@ -108,6 +108,25 @@ class ProviderSettings(_Section):
     models: list[str] = Field(default_factory=lambda: ["*"])
     # openai-type only: how to send the key. `bearer` (OpenAI, vLLM, OpenRouter) or `api-key` (Azure).
     auth_header: Literal["bearer", "api-key", "x-api-key"] | None = None
+    # openai-type only: a classic Azure OpenAI resource, reached at its deployment-style paths
+    # (`/openai/deployments/{deployment}/chat/completions?api-version=...`). `base_url` is then the
+    # resource endpoint (https://RES.openai.azure.com); the key goes in `api-key` unless told otherwise.
+    azure_api_version: str | None = None
+    # model -> Azure deployment name; a model not listed goes to the deployment of the same name.
+    azure_deployments: dict[str, str] = Field(default_factory=dict)
+
+    def azure_deployment(self, model: str) -> str:
+        """The Azure deployment serving `model` (an Azure provider only)."""
+        return self.azure_deployments.get(model, model)
+
+    @staticmethod
+    def is_azure_deployment_name(name: str) -> bool:
+        """ASCII letters, digits, `.`, `-` and `_`, from a letter or digit: safe as one URL path segment."""
+        return (
+            bool(name)
+            and name[0].isalnum()
+            and all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
+        )
 
     @field_validator("base_url")
     @classmethod
@@ -116,6 +135,36 @@ class ProviderSettings(_Section):
             raise ValueError("must be an http:// or https:// URL")
         return url.rstrip("/")
 
+    @field_validator("azure_api_version", mode="before")
+    @classmethod
+    def _dated_api_version(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        # str(): unquoted in TOML, or from GATEHOUSE_PROVIDERS__<NAME>__AZURE_API_VERSION, it reads as a date.
+        version = str(value)
+        date = version.removesuffix("-preview")
+        digits = date[:4] + date[5:7] + date[8:]
+        if len(date) != 10 or date[4] != "-" or date[7] != "-" or not (digits.isascii() and digits.isdigit()):
+            raise ValueError(
+                "must be a dated Azure OpenAI API version such as 2024-10-21 or 2025-04-01-preview;"
+                " for Azure's v1 API leave it unset and use base_url = https://RES.openai.azure.com/openai/v1"
+                ' with auth_header = "api-key"'
+            )
+        return version
+
+    @field_validator("azure_deployments")
+    @classmethod
+    def _deployment_names(cls, deployments: dict[str, str]) -> dict[str, str]:
+        for model, deployment in deployments.items():
+            if not model:
+                raise ValueError("a model name may not be empty")
+            if not cls.is_azure_deployment_name(deployment):
+                raise ValueError(
+                    f"deployment {deployment!r} (for model {model!r}) may only use letters, digits,"
+                    " ., - and _"
+                )
+        return deployments
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _resolve_secret(cls, value: Any, info: ValidationInfo) -> Any:
@@ -123,9 +172,20 @@ class ProviderSettings(_Section):
         return resolve_secret_reference(value, environ) if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _default_auth_header(self) -> ProviderSettings:
+    def _azure_and_auth_header(self) -> ProviderSettings:
+        azure = self.azure_api_version is not None
+        if self.type != "openai" and (azure or self.azure_deployments):
+            raise ValueError("azure_api_version and azure_deployments apply to openai-type providers only")
+        if self.azure_deployments and not azure:
+            raise ValueError("azure_deployments needs azure_api_version (a classic Azure OpenAI resource)")
+        path = self.base_url.partition("://")[2].partition("/")[2]
+        if azure and "/openai/" in f"/{path}/":
+            raise ValueError(
+                "with azure_api_version, base_url is the resource endpoint without /openai,"
+                " e.g. https://RES.openai.azure.com (Gatehouse adds /openai/deployments/...)"
+            )
         if self.auth_header is None:
-            header = "x-api-key" if self.type == "anthropic" else "bearer"
+            header = "x-api-key" if self.type == "anthropic" else "api-key" if azure else "bearer"
             object.__setattr__(self, "auth_header", header)
         return self
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import httpx
 import openai
 import pytest
 
@@ -251,6 +252,54 @@ def test_wrong_key_is_rejected_in_openai_format(sim: SimulatorThread) -> None:
     ):
         bad.chat.completions.create(model=MODEL, messages=HELLO)
     assert caught.value.code == "invalid_api_key"
+
+
+# -- Azure OpenAI ------------------------------------------------------------------------------------
+
+
+def azure(sim: SimulatorThread, key: str = KEY) -> openai.AzureOpenAI:
+    return openai.AzureOpenAI(
+        azure_endpoint=sim.base_url, api_key=key, api_version="2024-10-21", max_retries=0
+    )
+
+
+def test_azure_deployment_path_with_api_key(sim: SimulatorThread) -> None:
+    httpx.delete(f"{sim.base_url}/_sim/requests")
+    with azure(sim) as client:
+        completion = client.chat.completions.create(model="my-deployment", messages=HELLO)
+        chunks = list(
+            client.chat.completions.create(
+                model="my-deployment", messages=HELLO, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        assert "gpt-4.1" in [m.id for m in client.models.list()]  # GET /openai/models
+    assert completion.model == "my-deployment" and completion.choices[0].message.content
+    assert chunks[-1].usage is not None
+    records = httpx.get(f"{sim.base_url}/_sim/requests").json()["requests"]
+    assert [(r["path"], r["query"], r["status"], r["headers"]["api-key"]) for r in records] == [
+        ("/openai/deployments/my-deployment/chat/completions", "api-version=2024-10-21", 200, KEY),
+        ("/openai/deployments/my-deployment/chat/completions", "api-version=2024-10-21", 200, KEY),
+        ("/openai/models", "api-version=2024-10-21", 200, KEY),
+    ]
+
+
+async def test_azure_deployment_decides_the_model_and_needs_an_api_version(sim: SimulatorThread) -> None:
+    url = f"{sim.base_url}/openai/deployments/my-deployment/chat/completions"
+    async with aiohttp.ClientSession(headers={"api-key": KEY}) as session:
+        body = {"model": "ignored", "messages": HELLO}
+        async with session.post(url, params={"api-version": "2024-10-21"}, json=body) as response:
+            assert response.status == 200 and (await response.json())["model"] == "my-deployment"
+        async with session.post(url, json=body) as response:
+            assert response.status == 404
+            assert await response.json() == {"error": {"code": "404", "message": "Resource not found"}}
+        async with session.post(url, params={"api-version": "2024-10-21"}, headers={"api-key": "nope"}) as r:
+            assert r.status == 401
+
+
+def test_azure_unknown_deployment(sim: SimulatorThread) -> None:
+    with azure(sim) as client, pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="sim-unknown-deployment", messages=HELLO)
+    assert caught.value.code == "DeploymentNotFound"
 
 
 async def test_raw_chat_stream_ends_with_done_and_responses_frames_are_named(sim: SimulatorThread) -> None:

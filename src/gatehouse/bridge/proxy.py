@@ -12,7 +12,16 @@ One interception, top to bottom:
      `[DONE]` or `response.completed` event) reaches the client, so an acknowledged call is a recorded one;
   6. settle the policy reservation on the usage the upstream reported.
 
-Every refusal is itself an event. Bytes pass through untouched: the parsers only observe.
+Every refusal is itself an event. Bytes pass through untouched: the parsers only observe. Two exceptions,
+both for Azure OpenAI: a body sent to an Azure-style path without a `model` gets the path's deployment
+as its model, and a Responses body for an Azure resource names the deployment its model maps to.
+
+Azure OpenAI, both ways. A provider with `azure_api_version` is a classic Azure resource: Chat Completions
+go to `/openai/deployments/{deployment}/chat/completions?api-version=...` (deployment from the model, via
+`azure_deployments`), Responses to `/openai/v1/responses`, models to `/openai/models?api-version=...`.
+Any `openai` provider also serves clients that speak Azure's dialect (`AzureOpenAI`, LiteLLM's `azure/`):
+`openai/deployments/{deployment}/chat/completions` is the `chat_completions` route, whose model is the
+body's `model`, else the deployment; the client's `api-version` is not forwarded.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 import orjson
@@ -35,7 +45,7 @@ from gatehouse.bridge.clients import client_session_id, detect_client
 from gatehouse.bridge.errors import BridgeError, Flavor, error_response, stream_error_event
 from gatehouse.bridge.facts import InvalidRequest, RequestFacts, ResponseFacts, Usage
 from gatehouse.bridge.projection import REQUEST, RESPONSE
-from gatehouse.bridge.routes import Route, guess_flavor, match_route
+from gatehouse.bridge.routes import Route, azure_deployment, guess_flavor, match_route
 from gatehouse.bridge.sse import SSEParser
 from gatehouse.config import BridgeSettings, CapturePolicy, ProviderSettings
 from gatehouse.identity.service import AuthError, IdentityService, Principal
@@ -174,7 +184,7 @@ class Bridge:
         if secret is None:
             raise BridgeError(
                 "authentication",
-                "missing API key: send your Gatehouse token as x-api-key or Authorization: Bearer",
+                "missing API key: send your Gatehouse token as x-api-key, api-key or Authorization: Bearer",
             )
         try:
             return await self.identity.authenticate(secret)
@@ -215,6 +225,11 @@ class Bridge:
         call.session = call.client_session or call.id
         try:
             body = await self._read_body(request)
+            if route.azure:
+                deployment = azure_deployment(request.match_info["tail"])
+                assert deployment is not None
+                call.details["deployment"] = deployment
+                body = _with_model(body, deployment, only_if_missing=True)
             call.facts = route.wire.parse_request(body)
         except BridgeError as exc:
             await self._refuse(call, exc)
@@ -230,6 +245,18 @@ class Bridge:
             )
             await self._refuse(call, error)
             raise error
+        model = call.facts.model or ""
+        try:
+            url = _upstream_url(request, route, provider, model)
+        except BridgeError as exc:
+            await self._refuse(call, exc)
+            raise
+        upstream_body = body
+        if provider.azure_api_version is not None:
+            deployment = call.details["upstream_deployment"] = provider.azure_deployment(model)
+            if route.name == "responses" and deployment != model:
+                # Azure's v1 Responses API takes the deployment from the body's `model`.
+                upstream_body = _with_model(body, deployment, only_if_missing=False)
         if self.policy is not None:
             try:
                 call.admission = await self.policy.admit(
@@ -243,15 +270,14 @@ class Bridge:
             call.details["policy"] = call.admission.details
         try:
             await self._record(self._request_event(call, body, "allow"), call)
-            return await self._forward(request, call, provider, body)
+            return await self._forward(request, call, provider, url, upstream_body)
         finally:
             if call.admission is not None and self.policy is not None:
                 self.policy.settle(call.admission, call.usage)
 
     async def _forward(
-        self, request: web.Request, call: Interception, provider: ProviderSettings, body: bytes
+        self, request: web.Request, call: Interception, provider: ProviderSettings, url: str, body: bytes
     ) -> web.StreamResponse:
-        url = _upstream_url(provider.base_url, request.match_info["tail"], request.query_string)
         headers = _upstream_headers(request, provider)
         assert self._http is not None
         try:
@@ -374,7 +400,7 @@ class Bridge:
     ) -> web.StreamResponse:
         started = time.perf_counter()
         body = await self._read_body(request) if request.method == "POST" else None
-        url = _upstream_url(provider.base_url, request.match_info["tail"], request.query_string)
+        url = _upstream_url(request, route, provider, "")
         assert self._http is not None
         try:
             async with self._http.request(
@@ -550,19 +576,64 @@ class Bridge:
 
 
 def _presented_token(request: web.Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
+    """The Gatehouse token: `x-api-key` (Anthropic clients), `api-key` (Azure OpenAI clients) or a Bearer
+    token. All three headers are dropped before forwarding, so the upstream never sees it."""
+    headers = request.headers
+    key = headers.get("x-api-key") or headers.get("api-key")
+    if key and key.strip():
         return key.strip()
-    auth = request.headers.get("authorization", "")
+    auth = headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
 
 
-def _upstream_url(base_url: str, tail: str, query: str) -> str:
-    url = f"{base_url.removesuffix('/v1')}/{tail.lstrip('/')}"
+def _upstream_url(request: web.Request, route: Route, provider: ProviderSettings, model: str) -> str:
+    """Where the call goes upstream. `model` is the one the call was checked against (empty for metadata
+    calls); for an Azure resource it picks the deployment, so what runs is what the policy allowed."""
+    tail, query = request.match_info["tail"].lstrip("/"), request.query_string
+    if provider.azure_api_version is not None:
+        version: str | None = provider.azure_api_version
+        if route.name in ("chat_completions", "responses"):
+            deployment = provider.azure_deployment(model)
+            if not ProviderSettings.is_azure_deployment_name(deployment):
+                raise BridgeError(
+                    "invalid_request",
+                    f"model {model!r} cannot name an Azure deployment (letters, digits, ., - and _ only)",
+                )
+            if route.name == "chat_completions":
+                tail = f"openai/deployments/{deployment}/chat/completions"
+            else:  # Azure serves Responses on its v1 API only, which takes no dated api-version
+                tail, version = "openai/v1/responses", None
+        else:  # models: the resource's models (Azure lists models, not deployments)
+            tail = "openai/" + tail.removeprefix("v1/")
+        query = _with_api_version(query, version)
+    elif route.azure:
+        tail, query = "v1/chat/completions", _with_api_version(query, None)
+    url = f"{provider.base_url.removesuffix('/v1')}/{tail}"
     return f"{url}?{query}" if query else url
+
+
+def _with_api_version(query: str, version: str | None) -> str:
+    """The query string with the client's `api-version` replaced by `version` (or removed)."""
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "api-version"]
+    if version is not None:
+        pairs.append(("api-version", version))
+    return urlencode(pairs)
+
+
+def _with_model(body: bytes, model: str, *, only_if_missing: bool) -> bytes:
+    """The JSON body with `model` set; unchanged if it is not a JSON object (the parser reports that), or,
+    with `only_if_missing`, if it already names a model."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(obj, dict) or (only_if_missing and obj.get("model") not in (None, "")):
+        return body
+    obj["model"] = model
+    return orjson.dumps(obj)
 
 
 def _upstream_headers(request: web.Request, provider: ProviderSettings) -> dict[str, str]:

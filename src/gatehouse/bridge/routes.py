@@ -2,6 +2,10 @@
 
 Only these routes exist: anything else is a 404 in the provider's format, so the Bridge is never an open
 proxy to the upstream's other endpoints.
+
+Besides its own paths, an `openai` provider answers the Azure OpenAI dialect of Chat Completions
+(`openai/deployments/{deployment}/chat/completions`, what `AzureOpenAI` clients call): the same route,
+`chat_completions`, flagged `azure`, with the deployment read by `azure_deployment`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ class Route:
     name: str
     flavor: Flavor
     wire: ModuleType | None  # the parser of a model call; None for metadata calls (models, count_tokens)
+    azure: bool = False  # the client spoke Azure's deployment-style dialect
 
     def is_terminal(self, event: SSEEvent) -> bool:
         """The last event of a complete stream: the Bridge holds it back until the call's end is durable."""
@@ -37,6 +42,8 @@ _ROUTES: dict[tuple[str, str, str], Route] = {
     ("openai", "POST", "v1/responses"): Route("responses", "openai", openai_responses),
     ("openai", "GET", "v1/models"): Route("models", "openai", None),
 }
+_AZURE_CHAT = Route("chat_completions", "openai", openai_chat, azure=True)
+_AZURE_PREFIX, _AZURE_SUFFIX = "openai/deployments/", "/chat/completions"
 
 
 def match_route(provider_type: str, method: str, tail: str) -> Route:
@@ -44,9 +51,20 @@ def match_route(provider_type: str, method: str, tail: str) -> Route:
     route = _ROUTES.get((provider_type, method, tail))
     if route is None and method == "GET" and tail.startswith("v1/models/") and tail.count("/") == 2:
         route = _ROUTES[(provider_type, "GET", "v1/models")]
+    if route is None and provider_type == "openai" and method == "POST" and azure_deployment(tail):
+        route = _AZURE_CHAT
     if route is None:
         raise BridgeError("not_found", f"{method} /{tail} is not a route of this {provider_type} provider")
     return route
+
+
+def azure_deployment(tail: str) -> str | None:
+    """The deployment of an Azure-style `openai/deployments/{deployment}/chat/completions` path, else None."""
+    tail = tail.strip("/")
+    if not (tail.startswith(_AZURE_PREFIX) and tail.endswith(_AZURE_SUFFIX)):
+        return None
+    deployment = tail[len(_AZURE_PREFIX) : -len(_AZURE_SUFFIX)]
+    return deployment if deployment and "/" not in deployment else None
 
 
 def guess_flavor(tail: str) -> Flavor:

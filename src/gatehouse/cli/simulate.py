@@ -45,7 +45,7 @@ async def _serve_until_signalled(config: SimulatorConfig, host: str, port: int) 
     envvar="GATEHOUSE_SIM_API_KEY",
     show_envvar=True,
     default=None,
-    help="Require this key (x-api-key or Authorization: Bearer).",
+    help="Require this key (x-api-key, api-key or Authorization: Bearer).",
 )
 @click.option(
     "--latency-ms", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Time to first byte."

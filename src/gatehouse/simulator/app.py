@@ -40,6 +40,10 @@ def create_app(config: SimulatorConfig | None = None) -> web.Application:
             router.add_post(f"{prefix}/v1/responses", handlers.responses)
         router.add_get(f"{prefix}/v1/models", handlers.models)
         router.add_get(f"{prefix}/v1/models/{{model_id}}", handlers.model)
+    # A classic Azure OpenAI resource: deployment-style Chat Completions and the resource's models.
+    router.add_post("/openai/deployments/{deployment}/chat/completions", handlers.azure_chat_completions)
+    router.add_get("/openai/models", handlers.models)
+    router.add_get("/openai/models/{model_id}", handlers.model)
     router.add_post("/_sim/faults", handlers.add_fault)
     router.add_get("/_sim/faults", handlers.list_faults)
     router.add_delete("/_sim/faults", handlers.clear_faults)

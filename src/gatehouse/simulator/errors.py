@@ -2,7 +2,7 @@
 
 Anthropic: `{"type": "error", "error": {"type": ..., "message": ...}, "request_id": ...}` plus a
 `request-id` header. OpenAI: `{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}` plus an
-`x-request-id` header.
+`x-request-id` header. Azure OpenAI: `{"error": {"code": ..., "message": ...}}` for its own errors.
 """
 
 from __future__ import annotations
@@ -69,6 +69,22 @@ def model_not_found(provider: Provider, model: str) -> web.Response:
         f"The model `{model}` does not exist or you do not have access to it.",
         code="model_not_found",
         param="model",
+    )
+
+
+def azure_error(status: int, code: str, message: str) -> web.Response:
+    body = {"error": {"code": code, "message": message}}
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type=JSON, headers={"apim-request-id": new_id("req_")}
+    )
+
+
+def deployment_not_found() -> web.Response:
+    return azure_error(
+        404,
+        "DeploymentNotFound",
+        "The API deployment for this resource does not exist. If you created the deployment within the last"
+        " 5 minutes, please wait a moment and try again.",
     )
 
 

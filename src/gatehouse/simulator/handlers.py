@@ -81,7 +81,7 @@ class Handlers:
         if expected is None:
             return True
         headers = request.headers
-        given = headers.get("x-api-key")
+        given = headers.get("x-api-key") or headers.get("api-key")  # api-key: Azure OpenAI
         if given is None:
             auth = headers.get("authorization", "")
             if auth[:7].lower() != "bearer ":
@@ -106,6 +106,12 @@ class Handlers:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._model_request(request, "openai", openai_chat.ChatCompletion)
 
+    async def azure_chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """Azure OpenAI's `/openai/deployments/{deployment}/chat/completions?api-version=...`: the
+        deployment, not the body, says which model runs; it is echoed as the model."""
+        deployment = request.match_info["deployment"]
+        return await self._model_request(request, "openai", openai_chat.ChatCompletion, deployment)
+
     async def responses(self, request: web.Request) -> web.StreamResponse:
         return await self._model_request(request, "openai", openai_responses.ResponsesGeneration)
 
@@ -113,17 +119,23 @@ class Handlers:
         return await self._model_request(request, "anthropic", None)
 
     async def _model_request(
-        self, request: web.Request, provider: Provider, factory: GenerationFactory | None
+        self,
+        request: web.Request,
+        provider: Provider,
+        factory: GenerationFactory | None,
+        deployment: str | None = None,
     ) -> web.StreamResponse:
         raw = await request.read()
         rec = self._record(request, len(raw))
         if not self._authorized(request):
             rec.status = 401
             return errors.unauthorized(provider)
+        if deployment is not None and not request.query.get("api-version"):
+            return self._done(rec, errors.azure_error(404, "404", "Resource not found"))
         state = self.state
         state.in_flight += 1
         try:
-            return await self._serve(request, rec, provider, factory, raw)
+            return await self._serve(request, rec, provider, factory, raw, deployment)
         except asyncio.CancelledError:
             # aiohttp cancels the handler when the client goes away (handler_cancellation=True).
             self._client_left(rec)
@@ -138,6 +150,7 @@ class Handlers:
         provider: Provider,
         factory: GenerationFactory | None,
         raw: bytes,
+        deployment: str | None = None,
     ) -> web.StreamResponse:
         state = self.state
         try:
@@ -146,6 +159,8 @@ class Handlers:
             data = None
         if not isinstance(data, dict):
             return self._done(rec, errors.invalid_request(provider, "The request body is not valid JSON."))
+        if deployment is not None:
+            data["model"] = deployment
         model = data.get("model")
         rec.model = model if isinstance(model, str) else None
         stream = data.get("stream") is True and factory is not None
@@ -180,6 +195,8 @@ class Handlers:
             )
             return self._done(rec, errors.invalid_request(provider, message, "model"))
         if model.startswith("sim-unknown"):
+            if deployment is not None:
+                return self._done(rec, errors.deployment_not_found())
             return self._done(rec, errors.model_not_found(provider, model))
 
         try:
