@@ -95,7 +95,7 @@ def _gatehouse_app(args: argparse.Namespace, data_dir: Path) -> tuple[web.Applic
         store=StoreSettings(
             url=f"sqlite:///{data_dir / 'gatehouse.db'}", sqlite_synchronous=args.synchronous
         ),
-        audit=AuditSettings(),
+        audit=AuditSettings(writer_process={"process": True, "in-process": False}.get(args.audit)),
         bridge=BridgeSettings(capture=CapturePolicy(args.capture)),
         providers={
             "anthropic": ProviderSettings(
@@ -185,7 +185,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--latency-ms", type=float, default=0.0, help="simulator: pause before the first byte"
     )
     parser.add_argument("--output-words", type=int, default=24, help="simulator: words per answer")
-    parser.add_argument("--audit", choices=("on", "off"), default="on", help="gatehouse: off = no-op writer")
+    parser.add_argument(
+        "--audit",
+        choices=("on", "process", "in-process", "off"),
+        default="on",
+        help="gatehouse: on = as `gatehouse serve` decides (audit.writer_process unset), process = writer"
+        " process, in-process = commits on the event loop, off = no-op writer",
+    )
     parser.add_argument("--capture", default="last_prompt", help="gatehouse: metadata, last_prompt or full")
     parser.add_argument(
         "--synchronous", choices=("normal", "full"), default="normal", help="gatehouse: SQLite"

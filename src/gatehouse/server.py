@@ -58,7 +58,7 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
         max_batch=settings.audit.max_batch,
         fail_open=settings.audit.fail_mode is FailMode.OPEN,
         observers=[metrics.observer, exporter.observer],
-        process=settings.audit.writer_process,
+        process=settings.audit.use_writer_process(),
         process_tasks=[index_some],
     )
     identity = IdentityService(db)
@@ -103,7 +103,7 @@ def create_app(gh: Gatehouse) -> web.Application:
         add_oidc_routes(app, gh, gh.settings.oidc)
     add_policy_routes(app, gh)
     add_audit_routes(app, gh)
-    if not gh.settings.audit.writer_process:  # otherwise the writer process indexes between commits
+    if not gh.settings.audit.use_writer_process():  # otherwise the writer process indexes between commits
         app.cleanup_ctx.append(search_indexer_ctx(gh.db))
     audit = gh.settings.audit
     if audit.retention.enabled:

@@ -4,7 +4,9 @@ appear. Shared by the CLI and the REST API, so both answer the same question the
 Order. `seq` is the order in which events entered the chain, under the chain's write lock, and an event is
 appended only after what caused it (a response after its request, a tool result after the call): so seq
 order is causal order, across kinds and layers. `ts` is when the event was created and can disagree with
-seq by the writer's queue delay or clock skew between replicas; it selects the window, seq orders it.
+seq by the writer's queue delay or clock skew between replicas; it selects the window, seq orders it. The
+time map (gatehouse.audit.timemap) turns a window into the seq range that holds it, so the window of a
+long history is read without walking up to it.
 
 Paging. A page ends with `next_cursor` when there may be more: pass it back as `cursor`. It is opaque to
 callers (today the last seq returned); a timeline pages forward in seq order, a search backwards (newest
@@ -18,11 +20,15 @@ from typing import Any, Literal
 
 import orjson
 
+from gatehouse.audit import timemap
 from gatehouse.audit.search import catch_up, document, match_clause, snippet
 from gatehouse.store.db import Database, Row
 from gatehouse.timeutil import iso
 
 MAX_LIMIT = 1000
+# A windowed timeline brings the time map up to date first when more events than this are not mapped yet;
+# fewer are cheaper to read past than a write transaction (the background keeps the map close to the head).
+_MAP_LAG = 5_000
 _EVENT_SELECT = (
     "e.seq, e.id, e.ts, e.kind, e.actor_user, e.actor_agent, e.actor_token, e.on_behalf_of, e.workspace,"
     " e.session, e.parent, e.decision, e.resource, e.details, e.prev_hash, e.hash, e.pruned_by,"
@@ -61,6 +67,7 @@ def timeline(db: Database, f: EventFilter) -> Page:
     """Events matching the filter, in causal (seq) order, a page at a time."""
     after = _cursor(f.cursor)
     limit = _limit(f.limit)
+    ranges = _seq_ranges(db, f)
     # A user's events are those they did and those done on their behalf: two index-ordered reads, merged
     # (one OR would make the store sort every event of the user for each page).
     sides: tuple[_UserSide, ...] = ("actor", "behalf") if f.user else ("either",)
@@ -70,10 +77,24 @@ def timeline(db: Database, f: EventFilter) -> Page:
         if after is not None:
             where.append("e.seq > ?")
             params.append(after)
-        rows += db.query(
-            f"SELECT {_EVENT_SELECT} FROM events e{_NAMES}{_where(where)} ORDER BY e.seq LIMIT ?",
-            [*params, limit + 1],
-        )
+        found: list[Row] = []
+        for first, last in ranges:  # disjoint and in seq order: stop once the page is full
+            bounds: list[str] = []
+            values: list[int] = []
+            if first is not None:
+                bounds.append("e.seq >= ?")
+                values.append(first)
+            if last is not None:
+                bounds.append("e.seq <= ?")
+                values.append(last)
+            found += db.query(
+                f"SELECT {_EVENT_SELECT} FROM events e{_NAMES}{_where(where + bounds)}"
+                " ORDER BY e.seq LIMIT ?",
+                [*params, *values, limit + 1 - len(found)],
+            )
+            if len(found) > limit:
+                break
+        rows += found
     if len(sides) > 1:
         rows.sort(key=lambda r: int(r["seq"]))
     return _page(rows[: limit + 1], limit)
@@ -210,6 +231,20 @@ def _conditions(
                 params.append(kind)
         where.append("(" + " OR ".join(alternatives) + ")")
     return where, params
+
+
+def _seq_ranges(db: Database, f: EventFilter) -> list[tuple[int | None, int | None]]:
+    """Where in the log the events of the filter's time window are, as seq ranges (None: open), in order.
+    The window selects by ts, the indexes are in seq order: the time map gives the seq range of the
+    window's events, plus the events after the map's mark, which it does not cover yet."""
+    if f.since_us is None and f.until_us is None:
+        return [(None, None)]
+    span = timemap.span(db, f.since_us, f.until_us)
+    if span.head - span.mapped > _MAP_LAG:
+        timemap.catch_up(db)
+        span = timemap.span(db, f.since_us, f.until_us)
+    mapped = [] if span.first is None else [(span.first, span.last)]
+    return [*mapped, (span.mapped + 1, None)]
 
 
 def _resolve(db: Database, table: str, key: str) -> str:

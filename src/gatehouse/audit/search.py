@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gatehouse.audit import timemap
 from gatehouse.audit.events import Event
 from gatehouse.store.db import Database, Tx
 
@@ -166,9 +167,11 @@ def catch_up(db: Database, *, batch: int = _CATCH_UP_BATCH, max_events: int | No
 
 
 def index_some(db: Database, step: int = 2000) -> bool:
-    """A writer-process task (see `AuditWriter(process_tasks=...)`): index up to `step` new events;
-    True while more remain."""
-    return catch_up(db, batch=step, max_events=step) >= step
+    """A writer-process task (see `AuditWriter(process_tasks=...)`): index up to `step` new events, and
+    map them in the time map (`gatehouse.audit.timemap`, for timeline windows); True while more remain."""
+    indexed = catch_up(db, batch=step, max_events=step)
+    mapped = timemap.catch_up(db, batch=step, max_events=step)
+    return max(indexed, mapped) >= step
 
 
 def _details(text: str) -> dict[str, Any]:
@@ -229,7 +232,8 @@ def snippet(text: str, query: str, width: int = 160) -> str:
 def search_indexer_ctx(
     db: Database, interval_s: float = 2.0
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """For `app.cleanup_ctx`: index new events in the background, in bulk, every `interval_s`.
+    """For `app.cleanup_ctx`: index new events in the background, in bulk, every `interval_s` (and map
+    them in the time map, `gatehouse.audit.timemap`).
 
     Indexing in the writer's transaction would make every request's commit write full-text pages; done
     here it costs one batched transaction every few seconds, off the request path. Searches still see
@@ -245,6 +249,7 @@ def search_indexer_ctx(
                 await asyncio.sleep(interval_s)
                 try:
                     await loop.run_in_executor(worker, lambda: catch_up(db, max_events=20_000))
+                    await loop.run_in_executor(worker, lambda: timemap.catch_up(db, max_events=20_000))
                 except Exception:  # the store may be down for a while; the next pass retries
                     log.warning("search index catch-up failed", exc_info=True)
 

@@ -181,9 +181,8 @@ class AuditWriter:
         if self._pending:
             self._flush_inline()
         if self._link is not None:
-            for batch in self._link.close(timeout):
-                for events, _ in batch:  # the process died holding them: the thread writes them below
-                    self._queue.put((events, None))
+            for batch in self._link.close(timeout):  # the process died holding them: the thread writes them
+                self._batch_refused(batch, "the writer process exited")
             self._link = None
         if self._thread is not None:
             self._queue.put(None)
@@ -252,9 +251,13 @@ class AuditWriter:
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            # Two turns of the loop: requests whose data arrived in the same turn append in the next
-            # one, so waiting one more turn lets them share the commit (free when the loop is idle).
-            loop.call_soon(loop.call_soon, self._flush_inline)
+            if self._link is not None:
+                # The writer process groups whatever frames arrive while it commits: send at once.
+                loop.call_soon(self._flush_inline)
+            else:
+                # Two turns of the loop: requests whose data arrived in the same turn append in the next
+                # one, so waiting one more turn lets them share the commit (free when the loop is idle).
+                loop.call_soon(loop.call_soon, self._flush_inline)
 
     def _flush_inline(self) -> None:
         self._flush_scheduled = False
@@ -287,7 +290,7 @@ class AuditWriter:
     def _batch_refused(self, batch: worker.Batch, _reason: str) -> None:
         """The fast path could not commit `batch`: the thread retries it under the failure policy."""
         for events, waiter in batch:
-            if waiter is None or waiter.done():
+            if waiter is None or waiter.done() or waiter.get_loop().is_closed():
                 self._queue.put((events, None))
                 continue
             future: Future[None] = Future()
