@@ -132,3 +132,17 @@ def test_azure_api_version_accepts_preview_versions() -> None:
         type="openai", base_url="https://apim.example.com/team", azure_api_version="2025-04-01-preview"
     )
     assert provider.azure_api_version == "2025-04-01-preview"
+
+
+def test_the_writer_process_is_used_by_default_only_with_cores_to_spare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gatehouse.config import WRITER_PROCESS_MIN_CPUS, AuditSettings
+
+    monkeypatch.setattr("os.cpu_count", lambda: WRITER_PROCESS_MIN_CPUS)
+    assert AuditSettings().use_writer_process()
+    monkeypatch.setattr("os.cpu_count", lambda: WRITER_PROCESS_MIN_CPUS - 1)
+    assert not AuditSettings().use_writer_process()
+    assert AuditSettings(writer_process=True).use_writer_process()
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert not AuditSettings(writer_process=False).use_writer_process()
