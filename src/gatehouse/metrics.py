@@ -351,7 +351,7 @@ class _LiveCollector:
         if writer is not None:
             yield GaugeMetricFamily(
                 "gatehouse_audit_queue_depth",
-                "Audit writes waiting for the writer thread.",
+                "Audit events appended but not yet committed.",
                 value=writer.queue_depth,
             )
             yield GaugeMetricFamily(
