@@ -6,14 +6,14 @@ must not act before their event is durable `await append(...)`; it returns once 
 event has committed, so the cost of one commit is shared by every request that arrived meanwhile.
 
 Three paths lead there. What the serving event loop appends is collected for one loop iteration and then,
-by default (`process=True`), sent to the writer process (`gatehouse.audit.worker`), which commits it on
-another core and acknowledges it: chaining, inserting and projecting cost the loop nothing but the
-sending. Without the process, a SQLite batch is committed on the loop itself (an embedded commit costs
-about a hundred microseconds of CPU, less than a round trip through another thread, which would also
-fight the loop for the GIL). Everything else goes through the writer thread: appends from other threads
-or loops, PostgreSQL batches without the process (the commit waits on the network), and every batch the
-fast paths could not commit at once (the write lock is held elsewhere, the store fails, the process
-died): the thread waits, retries and applies the failure policy.
+with `process=True` (`audit.writer_process`, the server's default from 4 CPUs), sent to the writer process
+(`gatehouse.audit.worker`), which commits it on another core and acknowledges it: chaining, inserting and
+projecting cost the loop nothing but the sending. Without the process, a SQLite batch is committed on
+the loop itself (an embedded commit costs about a hundred microseconds of CPU, less than a round trip
+through another thread, which would also fight the loop for the GIL). Everything else goes through the
+writer thread: appends from other threads or loops, PostgreSQL batches without the process (the commit
+waits on the network), and every batch the fast paths could not commit at once (the write lock is held
+elsewhere, the store fails, the process died): the thread waits, retries and applies the failure policy.
 
 If the store fails, `append` raises `AuditUnavailable` (fail closed) unless the writer runs fail-open, in
 which case events are kept in a bounded buffer and retried, and an `audit.gap` event records what passed
