@@ -108,11 +108,18 @@ def _gatehouse_app(args: argparse.Namespace, data_dir: Path) -> tuple[web.Applic
     gh.identity.create_user("bench", role="member", actor=operator)
     gh.identity.create_agent("bench-agent", owner="bench", actor=operator)
     _, token = gh.identity.create_token(user="bench", agent="bench-agent", actor=operator)
+    gh.identity.create_user("bench-admin", role="admin", actor=operator)
+    _, admin_token = gh.identity.create_token(user="bench-admin", actor=operator)  # reads /metrics
     if args.audit == "off":
         null = NullWriter(gh.db)
         gh.writer = null
         gh.bridge.writer = null
-    return create_app(gh), {"token": token, "db": str(data_dir / "gatehouse.db"), "audit": args.audit}
+    return create_app(gh), {
+        "token": token,
+        "admin_token": admin_token,
+        "db": str(data_dir / "gatehouse.db"),
+        "audit": args.audit,
+    }
 
 
 async def _serve(

@@ -64,6 +64,13 @@ class Stack:
         return self.gh.db
 
     @property
+    def derived_db(self) -> Database:
+        """The store with its derived tables (interceptions, sessions, spend) caught up with the log, as
+        every reader of them does first."""
+        self.gh.derived.catch_up(self.gh.db)
+        return self.gh.db
+
+    @property
     def anthropic_url(self) -> str:
         return f"{self.url}/bridge/anthropic"
 
@@ -72,7 +79,7 @@ class Stack:
         return f"{self.url}/bridge/openai/v1"
 
     def interceptions(self) -> list[dict[str, Any]]:
-        return self.db.query("SELECT * FROM interceptions ORDER BY started_at")
+        return self.derived_db.query("SELECT * FROM interceptions ORDER BY started_at")
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         if kind is None:

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gatehouse.audit import search, timemap
 from gatehouse.audit.checkpoints import signing_key_from_secret
 from gatehouse.audit.export.exporter import Exporter, add_export_task
+from gatehouse.audit.projector import Projector, catch_up_ctx
 from gatehouse.audit.retention import retention_cleanup_ctx
-from gatehouse.audit.search import index_some, search_indexer_ctx
 from gatehouse.audit.writer import AuditWriter
 from gatehouse.bridge.projection import project_bridge_events
 from gatehouse.bridge.proxy import Bridge
@@ -28,6 +29,7 @@ class Gatehouse:
     settings: Settings
     db: Database
     writer: AuditWriter
+    derived: Projector
     identity: IdentityService
     bridge: Bridge
     policy: PolicyEngine | None = None
@@ -43,27 +45,33 @@ def open_store(settings: Settings) -> Database:
     )
 
 
+def derived_tables(timezone: str) -> Projector:
+    """What keeps this deployment's derived tables (interceptions, sessions, tool calls, spend) in step
+    with the log. Readers of those tables run its `catch_up` first."""
+    return Projector([project_bridge_events, SpendProjection(timezone)])
+
+
 def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gatehouse:
     """`policy` overrides `settings.policy` (tests, benchmarks)."""
     db = open_store(settings)
     migrate(db)
     policy = policy or policy_settings(settings)
     metrics = Metrics(settings.metrics)
+    derived = derived_tables(policy.timezone)
     exporter = Exporter(
         db, settings.export, provider_types={n: p.type for n, p in settings.providers.items()}
     )
     writer = AuditWriter(
         db,
-        projections=[project_bridge_events, SpendProjection(policy.timezone)],
         max_batch=settings.audit.max_batch,
         fail_open=settings.audit.fail_mode is FailMode.OPEN,
         observers=[metrics.observer, exporter.observer],
         process=settings.audit.use_writer_process(),
-        process_tasks=[index_some],
+        process_tasks=[search.index_some, derived.step],
     )
     identity = IdentityService(db)
     metrics.writer, metrics.exporter, metrics.identity = writer, exporter, identity
-    engine = PolicyEngine(db, policy, writer=writer, providers=settings.providers)
+    engine = PolicyEngine(db, policy, writer=writer, providers=settings.providers, derived=derived)
     bridge = Bridge(
         providers=settings.providers,
         settings=settings.bridge,
@@ -72,6 +80,7 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
         identity=identity,
         max_body_bytes=settings.server.max_body_bytes,
         policy=engine,
+        derived=derived,
     )
     return Gatehouse(
         settings=settings,
@@ -82,6 +91,7 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
         policy=engine,
         metrics=metrics,
         exporter=exporter,
+        derived=derived,
     )
 
 
@@ -103,8 +113,9 @@ def create_app(gh: Gatehouse) -> web.Application:
         add_oidc_routes(app, gh, gh.settings.oidc)
     add_policy_routes(app, gh)
     add_audit_routes(app, gh)
-    if not gh.settings.audit.use_writer_process():  # otherwise the writer process indexes between commits
-        app.cleanup_ctx.append(search_indexer_ctx(gh.db))
+    if not gh.settings.audit.use_writer_process():  # otherwise the writer process does it between commits
+        tasks = [gh.derived.catch_up, search.catch_up, timemap.catch_up]
+        app.cleanup_ctx.append(catch_up_ctx(gh.db, tasks))
     audit = gh.settings.audit
     if audit.retention.enabled:
         app.cleanup_ctx.append(

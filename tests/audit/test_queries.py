@@ -208,7 +208,8 @@ async def test_the_background_indexer_indexes_new_events_off_the_request_path(db
 
     from aiohttp import web
 
-    from gatehouse.audit.search import search_indexer_ctx
+    from gatehouse.audit import search, timemap
+    from gatehouse.audit.projector import catch_up_ctx
 
     with db.transaction() as tx:
         append_events(tx, [Event(kind="llm.request", details={"last_prompt": "rotate the backup keys"})])
@@ -216,7 +217,7 @@ async def test_the_background_indexer_indexes_new_events_off_the_request_path(db
     before = db.query_one(marks)
     assert before is not None and before["indexed"] < before["head"]
 
-    running = search_indexer_ctx(db, interval_s=0.05)(web.Application())
+    running = catch_up_ctx(db, [search.catch_up, timemap.catch_up], interval_s=0.05)(web.Application())
     await running.__anext__()
     try:
         for _ in range(100):

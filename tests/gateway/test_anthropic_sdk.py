@@ -117,7 +117,7 @@ def test_tool_use_round_trip_is_linked_into_one_session(stack: Stack, streaming:
     assert request["tool_results"] == [
         {"id": tool_use.id, "is_error": False, "size": len("18C and sunny"), "content": "18C and sunny"}
     ]
-    session = stack.db.query_one("SELECT * FROM sessions WHERE id = ?", (asked["session_id"],))
+    session = stack.derived_db.query_one("SELECT * FROM sessions WHERE id = ?", (asked["session_id"],))
     assert session is not None and session["interceptions"] == 2 and session["tool_calls"] == 1
 
 

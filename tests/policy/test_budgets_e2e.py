@@ -35,7 +35,7 @@ def template(budget_usd: float | None = None, rpm: int | None = None, per: str =
 
 
 def spent_nano(stack: Stack) -> int:
-    row = stack.db.query_one("SELECT SUM(cost_usd) AS c FROM spend")
+    row = stack.derived_db.query_one("SELECT SUM(cost_usd) AS c FROM spend")
     return round(float(row["c"] or 0) * 1e9) if row else 0
 
 
@@ -163,7 +163,7 @@ def test_team_budget_and_threshold_alerts_with_a_signed_webhook(policy_stack: Po
     body, signature = received[0]
     assert signature == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
     assert orjson.loads(body)["kind"] == "policy.budget.threshold"
-    rows = stack.db.query("SELECT DISTINCT team_id FROM spend")
+    rows = stack.derived_db.query("SELECT DISTINCT team_id FROM spend")
     assert [r["team_id"] for r in rows] == [teams.show("platform")["id"]]
 
 

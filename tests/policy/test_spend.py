@@ -73,7 +73,7 @@ def test_spend_is_derived_from_the_log_and_never_repriced(policy_stack: PolicySt
     teams.add_member("platform", "alice", actor=OPERATOR)
     _call_both(stack, 2, stack.token)
     stack.gh.writer.close()
-    rows = stack.db.query("SELECT * FROM spend ORDER BY ts")
+    rows = stack.derived_db.query("SELECT * FROM spend ORDER BY ts")
     assert len(rows) == 4 and all(r["settled"] == 1 for r in rows)
     sonnet = next(r for r in rows if r["model"] == "claude-sonnet-5")
     expected = (sonnet["input_tokens"] * 3 + sonnet["output_tokens"] * 15) / 1e6
@@ -87,7 +87,7 @@ def test_spend_is_derived_from_the_log_and_never_repriced(policy_stack: PolicySt
     again = policy_stack(template=None, fresh=False)
     _call_both(again, 1, stack.token)
     again.gh.writer.close()
-    report = spend_report(again.db, "model", SpendFilter())
+    report = spend_report(again.derived_db, "model", SpendFilter())
     by_model = {r["key"]: r for r in report["rows"]}
     old = {r["key"]: r for r in before["rows"]}
     assert by_model["claude-sonnet-5"]["calls"] == 3

@@ -131,12 +131,16 @@ async def sessions_list(request: web.Request) -> web.Response:
         )
     except ValueError as exc:
         raise Problem(400, "Bad Request", str(exc)) from None
-    return json_response({"sessions": list_sessions(_gh(request).db, f)})
+    gh = _gh(request)
+    await gh.derived.acatch_up(gh.db)
+    return json_response({"sessions": list_sessions(gh.db, f)})
 
 
 @requires(*READERS)
 async def sessions_show(request: web.Request) -> web.Response:
-    found = show_session(_gh(request).db, request.match_info["id"])
+    gh = _gh(request)
+    await gh.derived.acatch_up(gh.db)
+    found = show_session(gh.db, request.match_info["id"])
     if found is None:
         raise Problem(404, "Not Found", f"no session {request.match_info['id']!r}")
     return json_response(found)

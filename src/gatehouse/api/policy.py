@@ -58,7 +58,9 @@ def policy_errors(handler: Handler) -> Handler:
 def _engine(request: web.Request) -> PolicyEngine:
     gh = _gh(request)
     if gh.policy is None:
-        gh.policy = PolicyEngine(gh.db, policy_settings(gh.settings), providers=gh.settings.providers)
+        gh.policy = PolicyEngine(
+            gh.db, policy_settings(gh.settings), providers=gh.settings.providers, derived=gh.derived
+        )
     return gh.policy
 
 
@@ -197,8 +199,10 @@ async def spend(request: web.Request) -> web.StreamResponse:
     if by not in GROUPINGS:
         raise Problem(400, "Bad Request", f"by must be one of {', '.join(GROUPINGS)}")
     own = principal.role not in allowed("spend.read_all")
+    gh = _gh(request)
+    await gh.derived.acatch_up(gh.db)
     report = spend_report(
-        _gh(request).db,
+        gh.db,
         by,
         SpendFilter(
             since_us=_time(request, "from"),

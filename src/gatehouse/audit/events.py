@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,3 +97,71 @@ class Event:
             "prev_hash": self.prev_hash,
             "hash": self.hash,
         }
+
+
+# -- reading events back -----------------------------------------------------------------------------
+
+ROW_COLUMNS = (
+    "seq, id, ts, kind, actor_user, actor_agent, actor_token, on_behalf_of, workspace, session, parent,"
+    " decision, resource, details, prev_hash, hash"
+)
+
+
+def event_from_row(row: Mapping[str, Any]) -> Event:
+    """An event as stored (a row with ROW_COLUMNS)."""
+    return Event(
+        kind=row["kind"],
+        decision=row["decision"],
+        details=_stored_details(row["details"]),
+        actor_user=row["actor_user"],
+        actor_agent=row["actor_agent"],
+        actor_token=row["actor_token"],
+        on_behalf_of=row["on_behalf_of"],
+        workspace=row["workspace"],
+        session=row["session"],
+        parent=row["parent"],
+        resource=row["resource"],
+        id=row["id"],
+        ts=int(row["ts"]),
+        seq=int(row["seq"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+def event_from_tuple(row: Sequence[Any]) -> Event:
+    """An event as stored, from a tuple of ROW_COLUMNS (see `Database.query_tuples`)."""
+    seq, id_, ts, kind, user, agent, token, on_behalf_of, workspace, session, parent = row[:11]
+    decision, resource, details, prev_hash, hash_ = row[11:]
+    return Event(
+        kind=kind,
+        decision=decision,
+        details=_stored_details(details),
+        actor_user=user,
+        actor_agent=agent,
+        actor_token=token,
+        on_behalf_of=on_behalf_of,
+        workspace=workspace,
+        session=session,
+        parent=parent,
+        resource=resource,
+        id=id_,
+        ts=int(ts),
+        seq=int(seq),
+        prev_hash=prev_hash,
+        hash=hash_,
+    )
+
+
+def _stored_details(stored: Any) -> dict[str, Any]:
+    if not isinstance(stored, str | bytes):
+        return dict(stored or {})
+    try:
+        value = orjson.loads(stored)
+    except orjson.JSONDecodeError:
+        value = None
+    if isinstance(value, dict):
+        return value
+    # Not what the writer stores (`audit verify` will say so): pass the text on rather than stop a reader.
+    text = stored.decode("utf-8", "replace") if isinstance(stored, bytes) else stored
+    return {"unparsed_details": text}

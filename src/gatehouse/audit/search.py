@@ -19,17 +19,13 @@ the index with their content.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from gatehouse.audit import timemap
 from gatehouse.audit.events import Event
@@ -227,37 +223,3 @@ def snippet(text: str, query: str, width: int = 160) -> str:
     start = max(0, at - width // 3)
     piece = text[start : start + width].replace("\n", " ")
     return ("…" if start else "") + piece + ("…" if start + width < len(text) else "")
-
-
-def search_indexer_ctx(
-    db: Database, interval_s: float = 2.0
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """For `app.cleanup_ctx`: index new events in the background, in bulk, every `interval_s` (and map
-    them in the time map, `gatehouse.audit.timemap`).
-
-    Indexing in the writer's transaction would make every request's commit write full-text pages; done
-    here it costs one batched transaction every few seconds, off the request path. Searches still see
-    everything: `search` catches up before it queries."""
-
-    async def ctx(_app: web.Application) -> AsyncIterator[None]:
-        # One thread of its own: each thread holds its own store connection and page cache.
-        worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatehouse-search")
-
-        async def run() -> None:
-            loop = asyncio.get_running_loop()
-            while True:
-                await asyncio.sleep(interval_s)
-                try:
-                    await loop.run_in_executor(worker, lambda: catch_up(db, max_events=20_000))
-                    await loop.run_in_executor(worker, lambda: timemap.catch_up(db, max_events=20_000))
-                except Exception:  # the store may be down for a while; the next pass retries
-                    log.warning("search index catch-up failed", exc_info=True)
-
-        task = asyncio.create_task(run(), name="gatehouse-search-indexer")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        worker.shutdown(wait=True)
-
-    return ctx

@@ -1,7 +1,9 @@
 """The audit writer: every event is appended to the chain in a group commit.
 
 Group commit: everything appended while the previous transaction ran is written in one transaction (chain
-head read under the write lock, hashes computed, rows inserted, projections updated, commit). Callers that
+head read under the write lock, hashes computed, rows inserted, commit). Derived tables are not written
+here but after the fact, in bulk, by the projector (`gatehouse.audit.projector`); `projections` given to
+the writer run in its transaction (admin tools, tests). Callers that
 must not act before their event is durable `await append(...)`; it returns once the batch holding the
 event has committed, so the cost of one commit is shared by every request that arrived meanwhile.
 
@@ -37,12 +39,11 @@ from typing import Any
 from gatehouse.audit import worker
 from gatehouse.audit.chain import event_hash
 from gatehouse.audit.events import Event, now_us
+from gatehouse.audit.projector import Projection
 from gatehouse.store.db import Database, StoreError, Tx
 
 log = logging.getLogger(__name__)
 
-# A projection keeps a derived table (sessions, spend, ...) in step with the log, in the same transaction.
-Projection = Callable[[Tx, Sequence[Event]], None]  # picklable, to run in the writer process
 # An observer learns of events once they are committed (metrics, export wake-ups). It runs on the writer
 # thread, so it must be quick and must not raise.
 Observer = Callable[[Sequence[Event], float], None]

@@ -1,13 +1,18 @@
-"""Derived tables for the Bridge, kept in step with the event log inside the writer's transaction.
+"""Derived tables for the Bridge, brought up to date by the projector (`gatehouse.audit.projector`).
 
 `interceptions` has one row per LLM call (from its `llm.request` and `llm.response` events), `tool_calls`
 maps each tool call id to the interception that asked for it, `sessions` sums a session's calls. All three
 can be rebuilt by replaying the log through `project_bridge_events`.
+
+A batch is applied in a handful of statements: one INSERT per call whose request is in the batch (with
+its response, when that is in the batch too), an UPDATE per response to an earlier request, one upsert
+per session with the batch's sums.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from gatehouse.audit.events import Event
 from gatehouse.store.db import Tx
@@ -16,92 +21,140 @@ REQUEST = "llm.request"
 RESPONSE = "llm.response"
 _USAGE = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 
+_INTERCEPTION_COLUMNS = (
+    "id, session_id, parent_id, started_at, user_id, agent_id, token_id, client, client_session, provider,"
+    " model, route, stream, decision, last_prompt, ended_at, status, error, latency_ms, ttft_ms,"
+    " input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens"
+)
+_INSERT_INTERCEPTION = (
+    f"INSERT INTO interceptions ({_INTERCEPTION_COLUMNS}) VALUES ({', '.join('?' * 25)})"
+    " ON CONFLICT (id) DO NOTHING"
+)
+_END_INTERCEPTION = (
+    "UPDATE interceptions SET ended_at = ?, status = ?, error = ?, latency_ms = ?, ttft_ms = ?,"
+    " input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?,"
+    " reasoning_tokens = ? WHERE id = ?"
+)
+_INSERT_TOOL_CALL = (
+    "INSERT INTO tool_calls (tool_call_id, interception_id, session_id, name) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+_UPSERT_SESSION = (
+    "INSERT INTO sessions (id, user_id, agent_id, client, provider, model, started_at, last_at,"
+    " interceptions, errors, tool_calls, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
+    " reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET last_at = CASE WHEN excluded.last_at > sessions.last_at"
+    " THEN excluded.last_at ELSE sessions.last_at END,"
+    " model = COALESCE(excluded.model, sessions.model),"
+    " interceptions = sessions.interceptions + excluded.interceptions,"
+    " errors = sessions.errors + excluded.errors, tool_calls = sessions.tool_calls + excluded.tool_calls,"
+    " input_tokens = sessions.input_tokens + excluded.input_tokens,"
+    " output_tokens = sessions.output_tokens + excluded.output_tokens,"
+    " cache_read_tokens = sessions.cache_read_tokens + excluded.cache_read_tokens,"
+    " cache_write_tokens = sessions.cache_write_tokens + excluded.cache_write_tokens,"
+    " reasoning_tokens = sessions.reasoning_tokens + excluded.reasoning_tokens"
+)
+# Positions in an interception row (_INTERCEPTION_COLUMNS) and in a session row (_UPSERT_SESSION).
+_ENDED_AT = 15
+_S_MODEL, _S_STARTED, _S_LAST, _S_CALLS, _S_ERRORS, _S_TOOL_CALLS, _S_TOKENS = 5, 6, 7, 8, 9, 10, 11
+
 
 def project_bridge_events(tx: Tx, events: Sequence[Event]) -> None:
+    calls: dict[str, list[Any]] = {}  # interception id -> its row, for calls whose request is here
+    ended: list[tuple[Any, ...]] = []  # responses to requests projected by an earlier batch
+    tool_calls: list[tuple[str, str | None, str | None, str]] = []
+    sessions: dict[str, list[Any]] = {}
     for event in events:
         if event.kind == REQUEST:
-            _request(tx, event)
+            _request(event, calls, sessions)
         elif event.kind == RESPONSE:
-            _response(tx, event)
+            _response(event, calls, ended, tool_calls, sessions)
+    tx.executemany(_INSERT_INTERCEPTION, list(calls.values()))
+    tx.executemany(_END_INTERCEPTION, ended)
+    tx.executemany(_INSERT_TOOL_CALL, tool_calls)
+    tx.executemany(_UPSERT_SESSION, list(sessions.values()))
 
 
-def _request(tx: Tx, event: Event) -> None:
+def _request(event: Event, calls: dict[str, list[Any]], sessions: dict[str, list[Any]]) -> None:
     d = event.details
     refused = event.decision != "allow"
-    tx.execute(
-        "INSERT INTO interceptions (id, session_id, parent_id, started_at, ended_at, user_id, agent_id,"
-        " token_id, client, client_session, provider, model, route, stream, decision, status, error,"
-        " last_prompt)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            event.id,
-            event.session,
-            d.get("parent_interception"),
-            event.ts,
-            event.ts if refused else None,
-            event.actor_user,
-            event.actor_agent,
-            event.actor_token,
-            d.get("client"),
-            d.get("client_session"),
-            d.get("provider"),
-            d.get("model"),
-            d.get("route"),
-            1 if d.get("stream") else 0,
-            event.decision,
-            d.get("status"),
-            d.get("error"),
-            d.get("last_prompt"),
-        ),
-    )
-    tx.execute(
-        "INSERT INTO sessions (id, user_id, agent_id, client, provider, model, started_at, last_at,"
-        " interceptions, errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (id) DO UPDATE SET"
-        " last_at = excluded.last_at, model = excluded.model, interceptions = sessions.interceptions + 1,"
-        " errors = sessions.errors + excluded.errors",
-        (
-            event.session,
-            event.actor_user,
-            event.actor_agent,
-            d.get("client"),
-            d.get("provider"),
-            d.get("model"),
-            event.ts,
-            event.ts,
-            1 if refused else 0,
-        ),
-    )
+    calls[event.id] = [
+        event.id,
+        event.session,
+        d.get("parent_interception"),
+        event.ts,
+        event.actor_user,
+        event.actor_agent,
+        event.actor_token,
+        d.get("client"),
+        d.get("client_session"),
+        d.get("provider"),
+        d.get("model"),
+        d.get("route"),
+        1 if d.get("stream") else 0,
+        event.decision,
+        d.get("last_prompt"),
+        event.ts if refused else None,  # ended_at: a refused call ends where it starts
+        d.get("status"),
+        d.get("error"),
+        None,
+        None,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]
+    session = _session(sessions, event, d.get("client"), d.get("provider"))
+    session[_S_MODEL] = d.get("model") or session[_S_MODEL]
+    session[_S_CALLS] += 1
+    session[_S_ERRORS] += 1 if refused else 0
 
 
-def _response(tx: Tx, event: Event) -> None:
+def _response(
+    event: Event,
+    calls: dict[str, list[Any]],
+    ended: list[tuple[Any, ...]],
+    tool_calls: list[tuple[str, str | None, str | None, str]],
+    sessions: dict[str, list[Any]],
+) -> None:
     d = event.details
     usage = d.get("usage") or {}
     counts = [int(usage.get(k) or 0) for k in _USAGE]
+    end = (event.ts, d.get("status"), d.get("error"), d.get("latency_ms"), d.get("ttft_ms"), *counts)
+    row = calls.get(event.parent or "")
+    if row is not None:
+        row[_ENDED_AT:] = end
+    else:
+        ended.append((*end, event.parent))
+    requested = d.get("tool_calls") or []
+    tool_calls += [(c["id"], event.parent, event.session, c["name"]) for c in requested if c.get("id")]
     failed = d.get("error") is not None or int(d.get("status") or 0) >= 400
-    tx.execute(
-        "UPDATE interceptions SET ended_at = ?, status = ?, error = ?, latency_ms = ?, ttft_ms = ?,"
-        " input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?,"
-        " reasoning_tokens = ? WHERE id = ?",
-        (
+    session = _session(sessions, event, None, None)
+    session[_S_ERRORS] += 1 if failed else 0
+    session[_S_TOOL_CALLS] += len(requested)
+    for i, count in enumerate(counts):
+        session[_S_TOKENS + i] += count
+
+
+def _session(sessions: dict[str, list[Any]], event: Event, client: Any, provider: Any) -> list[Any]:
+    """The batch's row for the event's session: what to insert if the session is new, else to add."""
+    key = event.session or ""
+    row = sessions.get(key)
+    if row is None:
+        row = sessions[key] = [
+            event.session,
+            event.actor_user,
+            event.actor_agent,
+            client,
+            provider,
+            None,
             event.ts,
-            d.get("status"),
-            d.get("error"),
-            d.get("latency_ms"),
-            d.get("ttft_ms"),
-            *counts,
-            event.parent,
-        ),
-    )
-    calls = d.get("tool_calls") or []
-    tx.executemany(
-        "INSERT INTO tool_calls (tool_call_id, interception_id, session_id, name) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT DO NOTHING",
-        [(c["id"], event.parent, event.session, c["name"]) for c in calls if c.get("id")],
-    )
-    tx.execute(
-        "UPDATE sessions SET last_at = ?, errors = errors + ?, tool_calls = tool_calls + ?,"
-        " input_tokens = input_tokens + ?, output_tokens = output_tokens + ?,"
-        " cache_read_tokens = cache_read_tokens + ?, cache_write_tokens = cache_write_tokens + ?,"
-        " reasoning_tokens = reasoning_tokens + ? WHERE id = ?",
-        (event.ts, 1 if failed else 0, len(calls), *counts, event.session),
-    )
+            event.ts,
+            *[0] * 8,
+        ]
+    else:
+        row[_S_LAST] = max(row[_S_LAST], event.ts)
+        row[3] = row[3] or client
+        row[4] = row[4] or provider
+    return row

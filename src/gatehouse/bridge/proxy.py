@@ -40,6 +40,7 @@ import orjson
 from aiohttp import web
 
 from gatehouse.audit.events import Event, new_id
+from gatehouse.audit.projector import Projector
 from gatehouse.audit.writer import AuditUnavailable, AuditWriter
 from gatehouse.bridge.clients import client_session_id, detect_client
 from gatehouse.bridge.errors import BridgeError, Flavor, error_response, stream_error_event
@@ -50,7 +51,7 @@ from gatehouse.bridge.sse import SSEParser
 from gatehouse.config import BridgeSettings, CapturePolicy, ProviderSettings
 from gatehouse.identity.service import AuthError, IdentityService, Principal
 from gatehouse.policy.engine import Admission, PolicyEngine, PolicyRefusal
-from gatehouse.store.db import Database
+from gatehouse.store.db import Database, Row
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,10 @@ class Bridge:
         identity: IdentityService,
         max_body_bytes: int,
         policy: PolicyEngine | None = None,
+        derived: Projector | None = None,
     ) -> None:
         self.providers = providers
+        self.derived = derived  # brings `tool_calls` up to date before it is read
         self.policy = policy
         self.settings = settings
         self.db = db
@@ -464,16 +467,22 @@ class Bridge:
                 call.parent, session = hit
                 break
         else:
-            marks = ", ".join("?" for _ in ids)
-            row = await self.db.aquery_one(
-                f"SELECT interception_id, session_id FROM tool_calls WHERE tool_call_id IN ({marks}) LIMIT 1",
-                ids,
-            )
+            row = await self._recorded_tool_call(ids)
             if row is None:
                 return
             call.parent, session = row["interception_id"], row["session_id"]
         if call.client_session is None:
             call.session = session
+
+    async def _recorded_tool_call(self, ids: list[str]) -> Row | None:
+        """A tool call this process does not remember (older, from before a restart, or from another
+        replica), from the derived `tool_calls` table, brought up to date first if it does not have it."""
+        marks = ", ".join("?" for _ in ids)
+        query = f"SELECT interception_id, session_id FROM tool_calls WHERE tool_call_id IN ({marks}) LIMIT 1"
+        row = await self.db.aquery_one(query, ids)
+        if row is None and self.derived is not None and await self.derived.acatch_up(self.db):
+            row = await self.db.aquery_one(query, ids)
+        return row
 
     def _capture(self, text: str | None) -> str | None:
         if text is None or self.settings.capture is CapturePolicy.METADATA:

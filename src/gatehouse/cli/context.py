@@ -37,6 +37,16 @@ class Context:
         return self._db
 
     @property
+    def derived_db(self) -> Database:
+        """The store, with its derived tables (sessions, interceptions, spend) brought up to date with
+        the log first: a running server does it in the background, but may be a moment behind."""
+        from gatehouse.policy.settings import policy_settings
+        from gatehouse.server import derived_tables
+
+        derived_tables(policy_settings(self.settings).timezone).catch_up(self.db)
+        return self.db
+
+    @property
     def identity(self) -> IdentityService:
         return IdentityService(self.db)
 

@@ -54,7 +54,7 @@ def sessions_list(
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    rows = list_sessions(ctx.db, f)
+    rows = list_sessions(ctx.derived_db, f)
     if as_json:
         emit_json(rows)
         return
@@ -82,7 +82,7 @@ def sessions_list(
 @pass_context
 def sessions_show(ctx: Context, session_id: str, as_json: bool) -> None:
     """Show one session: its LLM calls in order, with prompts, tool calls, results and usage."""
-    found = show_session(ctx.db, session_id)
+    found = show_session(ctx.derived_db, session_id)
     if found is None:
         raise click.ClickException(f"no session {session_id!r}")
     if as_json:

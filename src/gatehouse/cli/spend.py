@@ -33,7 +33,7 @@ def spend_report_command(
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    report = spend_report(ctx.db, by, f)
+    report = spend_report(ctx.derived_db, by, f)
     if as_csv:
         click.echo(report_csv(report), nl=False)
     elif as_json:

@@ -54,6 +54,7 @@ from gatehouse.policy.templates import LoadedTemplate, stored_template
 from gatehouse.store.db import Database
 
 if TYPE_CHECKING:
+    from gatehouse.audit.projector import Projector
     from gatehouse.audit.writer import AuditWriter
     from gatehouse.config import ProviderSettings
 
@@ -269,8 +270,10 @@ class PolicyEngine:
         writer: AuditWriter | None = None,
         providers: dict[str, ProviderSettings] | None = None,
         counters: Counters | None = None,
+        derived: Projector | None = None,
     ) -> None:
         self.db = db
+        self.derived = derived  # brings the spend table up to date before it is read
         self.settings = settings or PolicySettings()
         self.writer = writer
         self.providers = providers or {}
@@ -538,6 +541,8 @@ class PolicyEngine:
 
     async def _stored_buckets(self, charge: Charge, origin: tuple[str, str, str | None]) -> dict[int, int]:
         """A new spend counter starts from the settled spend in its window, read from the log's projection."""
+        if self.derived is not None:
+            await self.derived.acatch_up(self.db)
         column, ident, template = origin
         sql = f"SELECT ts, cost_usd FROM spend WHERE {column} = ? AND ts >= ? AND settled = 1"
         params: list[Any] = [ident, int(charge.start_s * 1_000_000)]
@@ -868,6 +873,8 @@ class PolicyEngine:
 
     async def _stored_usage(self, charge: Charge, origin: tuple[str, str, str | None]) -> int:
         """A counter this process has not used yet: what the spend table says about its window."""
+        if self.derived is not None:
+            await self.derived.acatch_up(self.db)
         column, ident, template = origin
         metric = charge.rule.metric
         what = {

@@ -1,7 +1,7 @@
 """Spend: what each LLM call cost, derived from the event log, and reports over it.
 
-`SpendProjection` keeps the `spend` table in step with the log inside the writer's transaction, like the
-Bridge's own projections: when an allowed call's `llm.response` is written, one row is added with who
+`SpendProjection` keeps the `spend` table in step with the log, like the Bridge's own projections (the
+projector, `gatehouse.audit.projector`, applies it): for each allowed call's `llm.response`, one row with who
 made the call (user, agent, token, team, template: from its `llm.request`), provider, model, the usage,
 and the cost at the price in effect when the call was made. The table can be rebuilt from the log
 (`rebuild_spend`); a stored cost is never re-priced otherwise.
@@ -30,8 +30,8 @@ ANTHROPIC_ROUTES = frozenset({"messages"})
 
 
 class SpendProjection:
-    """One `spend` row per completed call, written with its `llm.response` (one INSERT: the request's
-    facts wait in memory meanwhile, or are read back from its event after a restart)."""
+    """One `spend` row per completed call, from its `llm.response` (the request's facts wait in memory
+    meanwhile, or are read back from its event after a restart)."""
 
     def __init__(self, timezone: str = "UTC", pending_limit: int = 100_000) -> None:
         self.zone = ZoneInfo(timezone)
@@ -53,6 +53,7 @@ class SpendProjection:
 
     def __call__(self, tx: Tx, events: Sequence[Event]) -> None:
         book: PriceBook | None = None
+        rows: list[tuple[Any, ...]] = []
         for event in events:
             if event.kind == REQUEST and event.decision == "allow":
                 self._pending[event.id] = _request_facts(event)
@@ -61,12 +62,21 @@ class SpendProjection:
             elif event.kind == RESPONSE and event.parent:
                 if book is None:
                     book = self._prices(tx)
-                self._response(tx, event, book)
+                row = self._response(tx, event, book)
+                if row is not None:
+                    rows.append(row)
+        tx.executemany(
+            "INSERT INTO spend (interception_id, ts, day, user_id, agent_id, token_id, team_id, template,"
+            " provider, model, route, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
+            " cost_usd, price_model, settled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+            " ON CONFLICT DO NOTHING",
+            rows,
+        )
 
-    def _response(self, tx: Tx, event: Event, book: PriceBook) -> None:
+    def _response(self, tx: Tx, event: Event, book: PriceBook) -> tuple[Any, ...] | None:
         facts = self._pending.pop(event.parent or "", None) or _request_from_log(tx, event.parent or "")
         if facts is None:
-            return
+            return None
         ts, user, agent, token, team, template, provider, model, route = facts
         usage = event.details.get("usage") or {}
         counts = [
@@ -75,27 +85,21 @@ class SpendProjection:
         ]
         price = book.lookup(model or "", ts)
         cost = price.cost_nano(*counts, openai=route not in ANTHROPIC_ROUTES) / 1e9 if price else 0.0
-        tx.execute(
-            "INSERT INTO spend (interception_id, ts, day, user_id, agent_id, token_id, team_id, template,"
-            " provider, model, route, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
-            " cost_usd, price_model, settled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
-            " ON CONFLICT DO NOTHING",
-            (
-                event.parent,
-                ts,
-                self.day(ts),
-                user,
-                agent,
-                token,
-                team,
-                template,
-                provider,
-                model,
-                route,
-                *counts,
-                cost,
-                price.model if price else None,
-            ),
+        return (
+            event.parent,
+            ts,
+            self.day(ts),
+            user,
+            agent,
+            token,
+            team,
+            template,
+            provider,
+            model,
+            route,
+            *counts,
+            cost,
+            price.model if price else None,
         )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 Dialect = Literal["sqlite", "postgresql"]
 Row = dict[str, Any]
@@ -191,6 +191,21 @@ class Database:
         try:
             cur = conn.execute(self.sql(query), params)
             return [dict(r) for r in cur.fetchall()]
+        except (sqlite3.Error, psycopg.Error) as exc:
+            self._discard_broken(conn, exc)
+            raise StoreError(str(exc)) from exc
+
+    def query_tuples(self, query: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Like `query`, with rows as tuples in the order of the SELECT: for bulk reads, where building a
+        dict per row costs more than the read itself."""
+        conn = self._conn()
+        try:
+            if self.dialect == "sqlite":
+                cur = conn.cursor()
+                cur.row_factory = None
+                return cur.execute(query, params).fetchall()  # type: ignore[no-any-return]
+            with conn.cursor(row_factory=tuple_row) as cur:
+                return cur.execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
         except (sqlite3.Error, psycopg.Error) as exc:
             self._discard_broken(conn, exc)
             raise StoreError(str(exc)) from exc

@@ -3,52 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-import orjson
-
-from gatehouse.audit.events import Event
-from gatehouse.store.db import Database, Row
-
-_COLUMNS = (
-    "seq, id, ts, kind, actor_user, actor_agent, actor_token, on_behalf_of, workspace, session, parent,"
-    " decision, resource, details, prev_hash, hash"
-)
-
-
-def _details(stored: Any) -> dict[str, Any]:
-    if not isinstance(stored, str | bytes):
-        return dict(stored or {})
-    try:
-        value = orjson.loads(stored)
-    except orjson.JSONDecodeError:
-        value = None
-    if isinstance(value, dict):
-        return value
-    # Not what the writer stores (`audit verify` will say so): pass the text on rather than block the sink.
-    text = stored.decode("utf-8", "replace") if isinstance(stored, bytes) else stored
-    return {"unparsed_details": text}
-
-
-def event_from_row(row: Row) -> Event:
-    return Event(
-        kind=row["kind"],
-        decision=row["decision"],
-        details=_details(row["details"]),
-        actor_user=row["actor_user"],
-        actor_agent=row["actor_agent"],
-        actor_token=row["actor_token"],
-        on_behalf_of=row["on_behalf_of"],
-        workspace=row["workspace"],
-        session=row["session"],
-        parent=row["parent"],
-        resource=row["resource"],
-        id=row["id"],
-        ts=int(row["ts"]),
-        seq=int(row["seq"]),
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-    )
+from gatehouse.audit.events import ROW_COLUMNS as _COLUMNS
+from gatehouse.audit.events import Event, event_from_row
+from gatehouse.store.db import Database
 
 
 def events_after(db: Database, seq: int, limit: int) -> list[Event]:

@@ -1,0 +1,141 @@
+"""Derived tables, kept in step with the log after the fact, in batches.
+
+A projection turns events into rows of a derived table: the Bridge's interceptions, sessions and tool
+calls, the spend ledger. Applied inside each request's own commit, they made every commit write those
+tables' pages too (about half of its pages) and cost the serving loop ~11 µs per event. Applied here, a
+batch of hundreds or thousands of events at a time, each page is written once per batch, each statement
+runs as one `executemany`, and a call's request and response become one row instead of an insert and an
+update.
+
+`Projector.catch_up` reads the events after its mark (`projection_state`) without any lock, then applies
+them and moves the mark in one short transaction that first re-checks the mark: exactly once, whoever
+runs it and however many run at once (the server's background task, the writer process, a reader, other
+replicas). Readers of derived tables catch up first (`catch_up` / `acatch_up`), so what is in the log is
+in what they read: `gatehouse sessions list` right after a call shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from aiohttp import web
+
+from gatehouse.audit.events import ROW_COLUMNS, Event, event_from_tuple
+from gatehouse.store.db import Database, Tx
+
+# `(tx, events)`: add what `events` (in seq order, a contiguous part of the log) mean to derived tables.
+# Picklable, to run in the writer process.
+Projection = Callable[[Tx, Sequence[Event]], None]
+
+log = logging.getLogger(__name__)
+
+_BATCH = 1000
+
+
+class Projector:
+    def __init__(
+        self, projections: Sequence[Projection], *, name: str = "derived", batch: int = _BATCH
+    ) -> None:
+        self.projections = tuple(projections)
+        self.name = name
+        self.batch = batch
+
+    def behind(self, db: Database) -> bool:
+        """Are there events the derived tables do not reflect yet? One indexed read."""
+        mark, head = self._marks(db)
+        return mark < head
+
+    def _marks(self, db: Database) -> tuple[int, int]:
+        """(last projected seq, last seq in the log)."""
+        row = db.query_one(
+            "SELECT p.seq AS done, h.seq AS head FROM chain_head h"
+            " LEFT JOIN projection_state p ON p.name = ? WHERE h.id = 1",
+            (self.name,),
+        )
+        return (0, 0) if row is None else (int(row["done"] or 0), int(row["head"]))
+
+    def catch_up(self, db: Database, *, max_events: int | None = None) -> int:
+        """Project the events appended since the last pass; return how many were read."""
+        done = 0
+        while max_events is None or done < max_events:
+            mark, head = self._marks(db)
+            if head <= mark:
+                return done
+            # Up to the head read first: every event up to it is committed, so none is skipped.
+            step = self.batch if max_events is None else min(self.batch, max_events - done)
+            rows = db.query_tuples(
+                f"SELECT {ROW_COLUMNS} FROM events WHERE seq > ? AND seq <= ? AND pruned_by IS NULL"
+                " ORDER BY seq LIMIT ?",
+                (mark, head, step),
+            )
+            # A short batch reaches the head: pruned events in between have nothing left to project.
+            last = int(rows[-1][0]) if len(rows) == step else head
+            events = [event_from_tuple(r) for r in rows]
+            with db.transaction() as tx:
+                lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
+                now = tx.one(f"SELECT seq FROM projection_state WHERE name = ?{lock}", (self.name,))
+                if now is None:
+                    tx.execute("INSERT INTO projection_state (name, seq) VALUES (?, 0)", (self.name,))
+                elif int(now["seq"]) != mark:
+                    continue  # another pass got there first: read again from its mark
+                for project in self.projections:
+                    project(tx, events)
+                tx.execute("UPDATE projection_state SET seq = ? WHERE name = ?", (last, self.name))
+            done += len(rows)
+            if last == head:
+                return done
+        return done
+
+    def step(self, db: Database) -> bool:
+        """A writer-process task (`AuditWriter(process_tasks=...)`): one batch; True while more remain."""
+        return self.catch_up(db, max_events=self.batch) >= self.batch
+
+    async def acatch_up(self, db: Database) -> int:
+        """`catch_up` from async code: in a worker thread, so the event loop never waits on the write lock
+        (nor on PostgreSQL at all); on SQLite, when there is nothing to do, without leaving the loop."""
+        if db.dialect == "sqlite" and not self.behind(db):
+            return 0
+        return await asyncio.to_thread(self.catch_up, db)
+
+
+def catch_up_ctx(
+    db: Database,
+    tasks: Sequence[Callable[..., object]],
+    *,
+    interval_s: float = 1.0,
+    max_events: int = 20_000,
+    name: str = "gatehouse-catch-up",
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """For `app.cleanup_ctx`: every `interval_s`, run each catch-up task (`task(db, max_events=...)`: the
+    projector, the search index, the time map) in one background thread of its own, which holds its own
+    store connection and page cache. What the writer process does between commits, for a server without
+    one."""
+
+    async def ctx(_app: web.Application) -> AsyncIterator[None]:
+        worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+        def run_all() -> None:
+            for task in tasks:
+                try:
+                    task(db, max_events=max_events)
+                except Exception:  # the store may be down for a while; the next pass retries
+                    log.warning("catch-up task %s failed", getattr(task, "__qualname__", task), exc_info=True)
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                await asyncio.sleep(interval_s)
+                await loop.run_in_executor(worker, run_all)
+
+        task = asyncio.create_task(run(), name=name)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        worker.shutdown(wait=True)
+
+    return ctx
