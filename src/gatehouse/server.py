@@ -46,9 +46,10 @@ def open_store(settings: Settings) -> Database:
 
 
 def derived_tables(timezone: str) -> Projector:
-    """What keeps this deployment's derived tables (interceptions, sessions, tool calls, spend) in step
-    with the log. Readers of those tables run its `catch_up` first."""
-    return Projector([project_bridge_events, SpendProjection(timezone)])
+    """What keeps this deployment's derived tables (interceptions, sessions, tool calls, spend, the
+    full-text index) in step with the log, in one pass over each batch of events. Readers of those tables
+    run its `catch_up` first."""
+    return Projector([project_bridge_events, SpendProjection(timezone), search.project_search_index])
 
 
 def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gatehouse:
@@ -67,7 +68,7 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
         fail_open=settings.audit.fail_mode is FailMode.OPEN,
         observers=[metrics.observer, exporter.observer],
         process=settings.audit.use_writer_process(),
-        process_tasks=[search.index_some, derived.step],
+        process_tasks=[derived.step, timemap.step],
     )
     identity = IdentityService(db)
     metrics.writer, metrics.exporter, metrics.identity = writer, exporter, identity
@@ -114,7 +115,7 @@ def create_app(gh: Gatehouse) -> web.Application:
     add_policy_routes(app, gh)
     add_audit_routes(app, gh)
     if not gh.settings.audit.use_writer_process():  # otherwise the writer process does it between commits
-        tasks = [gh.derived.catch_up, search.catch_up, timemap.catch_up]
+        tasks = [gh.derived.catch_up, timemap.catch_up]
         app.cleanup_ctx.append(catch_up_ctx(gh.db, tasks))
     audit = gh.settings.audit
     if audit.retention.enabled:

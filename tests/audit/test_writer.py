@@ -286,12 +286,16 @@ def test_frames_survive_any_split() -> None:
 
 
 async def test_the_writer_process_indexes_for_search_between_commits(sqlite_url: str) -> None:
-    from gatehouse.audit.search import index_some
+    from gatehouse.audit import timemap
+    from gatehouse.audit.projector import Projector
+    from gatehouse.audit.search import project_search_index
     from gatehouse.store.migrations import migrate
 
     db = Database(sqlite_url)
     migrate(db)
-    writer = AuditWriter(db, process=True, process_tasks=[index_some])
+    writer = AuditWriter(
+        db, process=True, process_tasks=[Projector([project_search_index]).step, timemap.step]
+    )
     writer.start()
     try:
         await asyncio.gather(*(writer.append(Event(kind="test.tick", details={"n": i})) for i in range(50)))
@@ -303,6 +307,13 @@ async def test_the_writer_process_indexes_for_search_between_commits(sqlite_url:
             await asyncio.sleep(0.05)
         assert state == {"seq": 50}
         assert db.query_one("SELECT count(*) AS n FROM audit_search") == {"n": 50}
+        mapped = None
+        for _ in range(100):
+            mapped = db.query_one("SELECT seq FROM time_map_state WHERE id = 1")
+            if mapped == {"seq": 50}:
+                break
+            await asyncio.sleep(0.05)
+        assert mapped == {"seq": 50}
     finally:
         writer.close()
         db.close()

@@ -11,10 +11,10 @@ Query language: words must all appear (in any order); `"quoted words"` must appe
 that order; a single word with punctuation inside (`/etc/passwd`, `rm -rf` quoted) is a phrase of its
 parts.
 
-The index is fed by `project_search_index`, a writer projection (same transaction as the events), and
-caught up by `catch_up` for events appended without it (admin changes, events from before the index
-existed); `audit_search_state.seq` records how far the index is known to be complete. Pruned events leave
-the index with their content.
+The index is fed by `project_search_index`, one of the projector's projections (`gatehouse.audit.projector`,
+in bulk, off the request path), and caught up by `catch_up` for events appended without it (before a search,
+by stores without a projector); `audit_search_state.seq` records how far the index is known to be complete.
+Pruned events leave the index with their content.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 
 import orjson
 
-from gatehouse.audit import timemap
 from gatehouse.audit.events import Event
 from gatehouse.store.db import Database, Tx
 
@@ -95,14 +94,24 @@ def _strings(value: Any) -> Iterable[str]:
 
 
 def project_search_index(tx: Tx, events: Sequence[Event]) -> None:
-    """A writer projection: index `events` in the writer's transaction."""
+    """A projection (the projector's, or the writer's in its transaction): index `events`, skipping any a
+    search's own catch-up indexed first."""
     if not events:
         return
-    _insert(tx, [(e.seq, searchable_text(e.kind, e.resource, e.details)) for e in events])
+    docs = [(e.seq, searchable_text(e.kind, e.resource, e.details)) for e in events]
+    if tx.db.dialect == "sqlite":  # PostgreSQL's insert skips duplicates itself
+        have = {
+            int(r["rowid"])
+            for r in tx.all(
+                "SELECT rowid FROM audit_search WHERE rowid BETWEEN ? AND ?", (events[0].seq, events[-1].seq)
+            )
+        }
+        docs = [d for d in docs if d[0] not in have]
+    _insert(tx, docs)
     # Contiguous with what is known to be indexed: move the mark, so catch_up has nothing to re-read.
     tx.execute(
-        "UPDATE audit_search_state SET seq = ? WHERE id = 1 AND seq = ?",
-        (events[-1].seq, events[0].seq - 1),
+        "UPDATE audit_search_state SET seq = ? WHERE id = 1 AND seq >= ? AND seq < ?",
+        (events[-1].seq, events[0].seq - 1, events[-1].seq),
     )
 
 
@@ -160,14 +169,6 @@ def catch_up(db: Database, *, batch: int = _CATCH_UP_BATCH, max_events: int | No
             tx.execute("UPDATE audit_search_state SET seq = ? WHERE id = 1", (seqs[-1],))
             indexed += len(docs)
     return indexed
-
-
-def index_some(db: Database, step: int = 2000) -> bool:
-    """A writer-process task (see `AuditWriter(process_tasks=...)`): index up to `step` new events, and
-    map them in the time map (`gatehouse.audit.timemap`, for timeline windows); True while more remain."""
-    indexed = catch_up(db, batch=step, max_events=step)
-    mapped = timemap.catch_up(db, batch=step, max_events=step)
-    return max(indexed, mapped) >= step
 
 
 def _details(text: str) -> dict[str, Any]:

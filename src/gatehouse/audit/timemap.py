@@ -114,3 +114,9 @@ def catch_up(db: Database, *, batch: int = _CATCH_UP_BATCH, max_events: int | No
         if len(rows) < step:
             return done
     return done
+
+
+def step(db: Database, events: int = 2000) -> bool:
+    """A writer-process task (see `AuditWriter(process_tasks=...)`): map up to `events` new events; True
+    while more remain."""
+    return catch_up(db, max_events=events) >= events
