@@ -81,7 +81,6 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
         identity=identity,
         max_body_bytes=settings.server.max_body_bytes,
         policy=engine,
-        derived=derived,
     )
     return Gatehouse(
         settings=settings,

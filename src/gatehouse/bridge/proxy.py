@@ -40,7 +40,6 @@ import orjson
 from aiohttp import web
 
 from gatehouse.audit.events import Event, new_id
-from gatehouse.audit.projector import Projector
 from gatehouse.audit.writer import AuditUnavailable, AuditWriter
 from gatehouse.bridge.clients import client_session_id, detect_client
 from gatehouse.bridge.errors import BridgeError, Flavor, error_response, stream_error_event
@@ -131,10 +130,8 @@ class Bridge:
         identity: IdentityService,
         max_body_bytes: int,
         policy: PolicyEngine | None = None,
-        derived: Projector | None = None,
     ) -> None:
         self.providers = providers
-        self.derived = derived  # brings `tool_calls` up to date before it is read
         self.policy = policy
         self.settings = settings
         self.db = db
@@ -476,13 +473,13 @@ class Bridge:
 
     async def _recorded_tool_call(self, ids: list[str]) -> Row | None:
         """A tool call this process does not remember (older, from before a restart, or from another
-        replica), from the derived `tool_calls` table, brought up to date first if it does not have it."""
+        replica), from the derived `tool_calls` table. Not caught up first: that table trails the log by
+        about a second (the projector's pass), far less than a tool takes to run, and a result for a call
+        nobody recorded (a client's own ids) would make every such request pay for a catch-up."""
         marks = ", ".join("?" for _ in ids)
-        query = f"SELECT interception_id, session_id FROM tool_calls WHERE tool_call_id IN ({marks}) LIMIT 1"
-        row = await self.db.aquery_one(query, ids)
-        if row is None and self.derived is not None and await self.derived.acatch_up(self.db):
-            row = await self.db.aquery_one(query, ids)
-        return row
+        return await self.db.aquery_one(
+            f"SELECT interception_id, session_id FROM tool_calls WHERE tool_call_id IN ({marks}) LIMIT 1", ids
+        )
 
     def _capture(self, text: str | None) -> str | None:
         if text is None or self.settings.capture is CapturePolicy.METADATA:

@@ -21,6 +21,12 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 Dialect = Literal["sqlite", "postgresql"]
+
+# SQLite's WAL: restart it once it holds this many frames (~64 MiB of 4 KiB pages), and truncate the file
+# back to this size when it starts over.
+WAL_RESTART_FRAMES = 16_384
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+_RESTART_WAIT_MS = 2000
 Row = dict[str, Any]
 Params = Sequence[Any]
 
@@ -98,6 +104,7 @@ class Database:
                 conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
                 conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
                 if self._checkpointer is not None or self._checkpoints_elsewhere:
                     # The background checkpointer does it; a commit must not stall on a checkpoint's fsync.
                     conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -119,17 +126,31 @@ class Database:
         """SQLite: move WAL checkpoints off the commit path. By default the commit that crosses the WAL
         threshold runs the checkpoint (and its fsync) itself, which shows as multi-millisecond commits; a
         PASSIVE checkpoint from its own thread and connection never blocks writers. Connections opened
-        from now on leave checkpointing to it."""
+        from now on leave checkpointing to it.
+
+        A PASSIVE checkpoint alone never lets the WAL start over under sustained writes: SQLite rewinds
+        the WAL only when a write begins while every frame is copied back and no reader uses the WAL,
+        and with commits arriving while a checkpoint runs, that moment never comes (measured: 2.3 GB of
+        WAL after a minute at ~1,800 calls/s, and every page lookup searching a wal-index that grows
+        with it). So once the WAL holds more than WAL_RESTART_FRAMES, the thread runs a RESTART
+        checkpoint: it waits for readers and holds writers off for the few frames the last PASSIVE pass
+        left (writers that cannot wait meanwhile go to the audit writer thread, which can), and the next
+        commit starts the WAL over, truncated to `journal_size_limit`."""
         if self.dialect != "sqlite" or self._checkpointer is not None:
             return
         self._checkpointer_stop.clear()
 
         def run() -> None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
             try:
                 while not self._checkpointer_stop.wait(interval_s):
                     with contextlib.suppress(sqlite3.Error):
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        # fetchall, not fetchone: a statement left unfinished keeps its read lock, and
+                        # then the WAL cannot start over.
+                        [(_busy, frames, _done)] = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        if frames > WAL_RESTART_FRAMES:
+                            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             finally:
