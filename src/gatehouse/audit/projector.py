@@ -111,7 +111,7 @@ def catch_up_ctx(
     name: str = "gatehouse-catch-up",
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """For `app.cleanup_ctx`: every `interval_s`, run each catch-up task (`task(db, max_events=...)`: the
-    projector, the search index, the time map) in one background thread of its own, which holds its own
+    projector, the time map) in one background thread of its own, which holds its own
     store connection and page cache. What the writer process does between commits, for a server without
     one."""
 
