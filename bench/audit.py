@@ -261,15 +261,14 @@ def run(opts: Options) -> Outcome:
         )
     )
     # The target is a sustained rate under many concurrent appends, so the single appender does not count.
-    worst = min(r["events_per_s"] for r in writer_data if r["projections"] and r["concurrency_or_burst"] > 1)
-    out.checks.append(
-        Check(
-            "audit writer events/s (projections, many appenders)",
-            worst,
-            f">= {MIN_EVENTS_PER_S:,}",
-            worst >= MIN_EVENTS_PER_S,
-        )
-    )
+    many = [r for r in writer_data if r["projections"] and r["concurrency_or_burst"] > 1]
+    chain = min(r["writer_events_per_s"] for r in many)
+    default = min(r["events_per_s"] for r in many if r["process"] == AuditSettings().use_writer_process())
+    for label, value in (
+        ("audit writer events/s (the chain, many appenders, either writer)", chain),
+        ("log and derived tables events/s (writer then projector, the default writer here)", default),
+    ):
+        out.checks.append(Check(label, value, f">= {MIN_EVENTS_PER_S:,}", value >= MIN_EVENTS_PER_S))
 
     body = messages_body()
     with servers() as start:
