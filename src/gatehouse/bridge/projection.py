@@ -56,7 +56,8 @@ _UPSERT_SESSION = (
 )
 # Positions in an interception row (_INTERCEPTION_COLUMNS) and in a session row (_UPSERT_SESSION).
 _ENDED_AT = 15
-_S_MODEL, _S_STARTED, _S_LAST, _S_CALLS, _S_ERRORS, _S_TOOL_CALLS, _S_TOKENS = 5, 6, 7, 8, 9, 10, 11
+_S_CLIENT, _S_PROVIDER, _S_MODEL, _S_LAST = 3, 4, 5, 7
+_S_CALLS, _S_ERRORS, _S_TOOL_CALLS, _S_TOKENS = 8, 9, 10, 11
 
 
 def project_bridge_events(tx: Tx, events: Sequence[Event]) -> None:
@@ -155,6 +156,6 @@ def _session(sessions: dict[str, list[Any]], event: Event, client: Any, provider
         ]
     else:
         row[_S_LAST] = max(row[_S_LAST], event.ts)
-        row[3] = row[3] or client
-        row[4] = row[4] or provider
+        row[_S_CLIENT] = row[_S_CLIENT] or client
+        row[_S_PROVIDER] = row[_S_PROVIDER] or provider
     return row
