@@ -101,32 +101,30 @@ class Event:
 
 # -- reading events back -----------------------------------------------------------------------------
 
-ROW_COLUMNS = (
-    "seq, id, ts, kind, actor_user, actor_agent, actor_token, on_behalf_of, workspace, session, parent,"
-    " decision, resource, details, prev_hash, hash"
+_ROW_NAMES = (
+    "seq",
+    "id",
+    "ts",
+    "kind",
+    "actor_user",
+    "actor_agent",
+    "actor_token",
+    "on_behalf_of",
+    "workspace",
+    "session",
+    "parent",
+    "decision",
+    "resource",
+    "details",
+    "prev_hash",
+    "hash",
 )
+ROW_COLUMNS = ", ".join(_ROW_NAMES)
 
 
 def event_from_row(row: Mapping[str, Any]) -> Event:
     """An event as stored (a row with ROW_COLUMNS)."""
-    return Event(
-        kind=row["kind"],
-        decision=row["decision"],
-        details=_stored_details(row["details"]),
-        actor_user=row["actor_user"],
-        actor_agent=row["actor_agent"],
-        actor_token=row["actor_token"],
-        on_behalf_of=row["on_behalf_of"],
-        workspace=row["workspace"],
-        session=row["session"],
-        parent=row["parent"],
-        resource=row["resource"],
-        id=row["id"],
-        ts=int(row["ts"]),
-        seq=int(row["seq"]),
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-    )
+    return event_from_tuple([row[name] for name in _ROW_NAMES])
 
 
 def event_from_tuple(row: Sequence[Any]) -> Event:

@@ -10,8 +10,8 @@ committed: the durability promise is unchanged, only the CPU moved.
 The link is a pair of sans-IO pieces, `frame` and `FrameReader` (a 4-byte length, then the payload),
 used by both ends:
 
-* first frame, parent to child: the pickled `WorkerConfig` (store URL, projections). Pickled because
-  projections are Python objects; the socket pair is private to the two processes.
+* first frame, parent to child: the pickled `WorkerConfig` (store URL, projections, tasks). Pickled
+  because projections and tasks are Python objects; the socket pair is private to the two processes.
 * then, parent to child: `[batch_no, [event, ...]]` in JSON, one per flush.
 * child to parent, per batch, in order: `[batch_no, seconds, [[seq, prev_hash, hash], ...]]` once
   committed, or `[batch_no, seconds, "error"]` if the store refused it (the parent then retries the

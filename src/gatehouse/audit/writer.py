@@ -3,9 +3,10 @@
 Group commit: everything appended while the previous transaction ran is written in one transaction (chain
 head read under the write lock, hashes computed, rows inserted, commit). Derived tables are not written
 here but after the fact, in bulk, by the projector (`gatehouse.audit.projector`); `projections` given to
-the writer run in its transaction (admin tools, tests). Callers that
-must not act before their event is durable `await append(...)`; it returns once the batch holding the
-event has committed, so the cost of one commit is shared by every request that arrived meanwhile.
+the writer still run in its transaction (the server gives none; tests build derived rows this way).
+Callers that must not act before their event is durable `await append(...)`; it returns once the batch
+holding the event has committed, so the cost of one commit is shared by every request that arrived
+meanwhile.
 
 Three paths lead there. What the serving event loop appends is collected for one loop iteration and then,
 with `process=True` (`audit.writer_process`, the server's default from 4 CPUs), sent to the writer process
