@@ -143,6 +143,40 @@ async def test_sqlite_batches_commit_on_the_event_loop(sqlite_url: str) -> None:
     assert len(committed_on) < 50  # grouped: one commit served several appends
 
 
+async def test_a_short_lock_held_elsewhere_delays_the_inline_commit_not_hands_it_over(
+    sqlite_url: str,
+) -> None:
+    """The inline commit retries on the loop while a checkpoint or another writer holds the lock briefly:
+    the batch stays on the loop (no trip through the writer thread), and what is appended meanwhile
+    joins it."""
+    import threading
+
+    from gatehouse.store.migrations import migrate
+
+    db = Database(sqlite_url)
+    migrate(db)
+    committed_on: list[tuple[int, int]] = []
+    writer = AuditWriter(
+        db, observers=[lambda evs, _s: committed_on.append((threading.get_ident(), len(evs)))]
+    )
+    writer.start()
+    blocker = sqlite3.connect(db.path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        first = [asyncio.ensure_future(writer.append(Event(kind="test.waits"))) for _ in range(3)]
+        await asyncio.sleep(0.03)
+        later = asyncio.ensure_future(writer.append(Event(kind="test.joins")))
+        await asyncio.sleep(0.03)
+        assert not any(f.done() for f in [*first, later])
+        blocker.execute("COMMIT")
+        await asyncio.wait_for(asyncio.gather(*first, later), 5)
+    finally:
+        blocker.close()
+        writer.close()
+        db.close()
+    assert committed_on == [(threading.get_ident(), 4)]
+
+
 @PROCESS
 async def test_a_lock_held_elsewhere_makes_appends_wait_not_fail(sqlite_url: str, process: bool) -> None:
     from gatehouse.store.migrations import migrate

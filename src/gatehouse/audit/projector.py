@@ -75,7 +75,7 @@ class Projector:
             # A short batch reaches the head: pruned events in between have nothing left to project.
             last = int(rows[-1][0]) if len(rows) == step else head
             events = [event_from_tuple(r) for r in rows]
-            with db.transaction() as tx:
+            with db.transaction(derived=True) as tx:
                 lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
                 now = tx.one(f"SELECT seq FROM projection_state WHERE name = ?{lock}", (self.name,))
                 if now is None:

@@ -103,7 +103,7 @@ def catch_up(db: Database, *, batch: int = _CATCH_UP_BATCH, max_events: int | No
                 bounds[b] = [seq, seq]
             else:
                 seen[1] = seq  # rows come in seq order
-        with db.transaction() as tx:
+        with db.transaction(derived=True) as tx:
             lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
             now = tx.one(f"SELECT seq FROM time_map_state WHERE id = 1{lock}")
             if now is None or int(now["seq"]) != mark:

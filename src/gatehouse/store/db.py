@@ -3,6 +3,15 @@
 Queries are written once with `?` placeholders; for PostgreSQL they are rewritten to `%s` (so SQL text in
 this project never contains a literal `%`). Rows come back as dicts. Each thread gets its own connection;
 writes that must be atomic with their audit events go through `transaction()`.
+
+SQLite keeps the derived tables (what the projector builds from the log: interceptions, sessions, tool
+calls, spend, the full-text index, the time map) in a second file beside the store, attached to every
+connection as the schema `derived`, so that queries name them as if they were in one database. SQLite
+has one write lock per file: with both in one file, every batch the projector wrote held up the log's
+commits, and with them every request waiting for its event to be durable. `transaction(derived=True)`
+takes the derived file's lock alone; `connect(attach=False)` gives the log's writer a connection whose
+transactions take the log's lock alone. PostgreSQL has no such lock; there the derived tables are
+ordinary tables of the same database.
 """
 
 from __future__ import annotations
@@ -27,12 +36,17 @@ Dialect = Literal["sqlite", "postgresql"]
 WAL_RESTART_FRAMES = 16_384
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 _RESTART_WAIT_MS = 2000
+_SCHEMAS = ("main", "derived")
 Row = dict[str, Any]
 Params = Sequence[Any]
 
 
 class StoreError(Exception):
     """The store could not be read or written (translated from the driver's own errors)."""
+
+
+class StoreBusy(StoreError):
+    """SQLite: another connection holds the write lock, and this one was not to wait for it."""
 
 
 class Cursor(Protocol):
@@ -86,11 +100,13 @@ class Database:
         if self.dialect == "sqlite":
             self.path = Path(url.removeprefix("sqlite:///"))
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.derived_path = derived_path(self.path)
 
     # -- connections -------------------------------------------------------------------------------
 
-    def connect(self) -> Any:
-        """A new connection, configured; the caller owns it."""
+    def connect(self, *, attach: bool = True) -> Any:
+        """A new connection, configured; the caller owns it. SQLite: `attach=False` leaves the derived
+        tables' file out (see the module's docstring)."""
         try:
             if self.dialect == "sqlite":
                 conn = sqlite3.connect(
@@ -101,10 +117,14 @@ class Database:
                 )
                 conn.row_factory = sqlite3.Row
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
                 conn.execute("PRAGMA foreign_keys=ON")
-                conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+                if attach:
+                    conn.execute("ATTACH DATABASE ? AS derived", (str(self.derived_path),))
+                    conn.execute("PRAGMA derived.journal_mode=WAL")
+                for schema in _SCHEMAS if attach else _SCHEMAS[:1]:
+                    conn.execute(f"PRAGMA {schema}.synchronous={self.synchronous.upper()}")
+                    conn.execute(f"PRAGMA {schema}.journal_size_limit={WAL_SIZE_LIMIT}")
                 if self._checkpointer is not None or self._checkpoints_elsewhere:
                     # The background checkpointer does it; a commit must not stall on a checkpoint's fsync.
                     conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -135,7 +155,8 @@ class Database:
         with it). So once the WAL holds more than WAL_RESTART_FRAMES, the thread runs a RESTART
         checkpoint: it waits for readers and holds writers off for the few frames the last PASSIVE pass
         left (writers that cannot wait meanwhile go to the audit writer thread, which can), and the next
-        commit starts the WAL over, truncated to `journal_size_limit`."""
+        commit starts the WAL over, truncated to `journal_size_limit`. Both files, the log's and the
+        derived tables', are checkpointed so."""
         if self.dialect != "sqlite" or self._checkpointer is not None:
             return
         self._checkpointer_stop.clear()
@@ -143,14 +164,17 @@ class Database:
         def run() -> None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
+            conn.execute("ATTACH DATABASE ? AS derived", (str(self.derived_path),))
             try:
                 while not self._checkpointer_stop.wait(interval_s):
-                    with contextlib.suppress(sqlite3.Error):
-                        # fetchall, not fetchone: a statement left unfinished keeps its read lock, and
-                        # then the WAL cannot start over.
-                        [(_busy, frames, _done)] = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                        if frames > WAL_RESTART_FRAMES:
-                            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                    for schema in _SCHEMAS:
+                        with contextlib.suppress(sqlite3.Error):
+                            # fetchall, not fetchone: a statement left unfinished keeps its read lock, and
+                            # then the WAL cannot start over.
+                            passive = f"PRAGMA {schema}.wal_checkpoint(PASSIVE)"
+                            [(_, frames, _)] = conn.execute(passive).fetchall()
+                            if frames > WAL_RESTART_FRAMES:
+                                conn.execute(f"PRAGMA {schema}.wal_checkpoint(RESTART)").fetchall()
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             finally:
@@ -182,15 +206,19 @@ class Database:
         return _to_pyformat(query) if self.dialect == "postgresql" else query
 
     @contextmanager
-    def transaction(self, conn: Any = None) -> Iterator[Tx]:
+    def transaction(self, conn: Any = None, *, derived: bool = False) -> Iterator[Tx]:
         """One atomic unit of work, on this thread's connection unless `conn` is given. SQLite takes the
         write lock up front (BEGIN IMMEDIATE), so a transaction that reads the chain head and appends
-        after it cannot interleave with another."""
+        after it cannot interleave with another; with `derived`, for work that writes derived tables
+        only, the derived file's lock alone (a no-op write takes it before anything is read). Either
+        way, a transaction over both files is atomic in each of them, not across them (WAL mode)."""
         conn = conn or self._conn()
         try:
             if self.dialect == "sqlite":
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("BEGIN" if derived else "BEGIN IMMEDIATE")
                 try:
+                    if derived:
+                        conn.execute("UPDATE derived.projection_state SET seq = seq WHERE 0")
                     yield Tx(self, conn.cursor())
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -200,12 +228,15 @@ class Database:
                 with conn.transaction(), conn.cursor() as cur:
                     yield Tx(self, cur)
         except (sqlite3.Error, psycopg.Error) as exc:
-            self._discard_broken(conn, exc)
-            raise StoreError(str(exc)) from exc
+            raise self._store_error(conn, exc) from exc
 
-    def _discard_broken(self, conn: Any, exc: Exception) -> None:
+    def _store_error(self, conn: Any, exc: Exception) -> StoreError:
+        """The driver's error as ours; a connection it broke is not reused."""
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:  # and its extended codes
+            return StoreBusy(str(exc))
         if isinstance(exc, psycopg.OperationalError) or getattr(conn, "closed", False):
             self._local.conn = None
+        return StoreError(str(exc))
 
     def query(self, query: str, params: Params = ()) -> list[Row]:
         conn = self._conn()
@@ -213,8 +244,7 @@ class Database:
             cur = conn.execute(self.sql(query), params)
             return [dict(r) for r in cur.fetchall()]
         except (sqlite3.Error, psycopg.Error) as exc:
-            self._discard_broken(conn, exc)
-            raise StoreError(str(exc)) from exc
+            raise self._store_error(conn, exc) from exc
 
     def query_tuples(self, query: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """Like `query`, with rows as tuples in the order of the SELECT: for bulk reads, where building a
@@ -228,8 +258,7 @@ class Database:
             with conn.cursor(row_factory=tuple_row) as cur:
                 return cur.execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
         except (sqlite3.Error, psycopg.Error) as exc:
-            self._discard_broken(conn, exc)
-            raise StoreError(str(exc)) from exc
+            raise self._store_error(conn, exc) from exc
 
     def query_one(self, query: str, params: Params = ()) -> Row | None:
         rows = self.query(query, params)
@@ -248,5 +277,10 @@ class Database:
 
 
 @lru_cache(maxsize=1024)
+def derived_path(path: Path) -> Path:
+    """Where a SQLite store keeps its derived tables: `gatehouse.db` -> `gatehouse.derived.db`."""
+    return path.with_name(f"{path.stem}.derived{path.suffix}")
+
+
 def _to_pyformat(query: str) -> str:
     return query.replace("?", "%s")

@@ -4,7 +4,8 @@ once).
 Each migration is a module `mNNNN_<name>.py` in this package defining `NAME` and `SQL`: portable SQL in
 which `{bigint}` is spelled per dialect. A migration that needs dialect-specific DDL (an FTS5 table, a GIN
 index) defines `SQL_SQLITE` and `SQL_POSTGRESQL` instead of `SQL`. Add a module with the next number;
-never edit an applied one.
+never edit an applied one. On SQLite, derived tables live in the attached schema `derived` (m0009): a
+migration that changes one names it `derived.<table>` in its SQLite script.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pkgutil
 import time
 from dataclasses import dataclass
 
-from gatehouse.store.db import Database
+from gatehouse.store.db import Database, Tx
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,23 @@ def migrate(db: Database) -> list[int]:
                 (migration.version, migration.name, int(time.time())),
             )
             applied.append(migration.version)
+        if db.dialect == "sqlite":
+            _ensure_derived_tables(tx)
     return applied
+
+
+def _ensure_derived_tables(tx: Tx) -> None:
+    """A SQLite store whose derived file is missing (deleted, lost, or a crash between the two files'
+    commits of m0009) gets it back empty, every mark at zero: the projector rebuilds it from the log."""
+    from gatehouse.store.migrations.m0009_derived_file import DERIVED_INDEXES, DERIVED_SCHEMA
+
+    if tx.one("SELECT 1 AS found FROM derived.sqlite_master WHERE name = 'projection_state'") is not None:
+        return
+    for statement in _statements(DERIVED_SCHEMA + ";\n" + DERIVED_INDEXES):
+        tx.execute(statement)
+    tx.execute("INSERT INTO derived.projection_state (name, seq) VALUES ('derived', 0)")
+    tx.execute("INSERT INTO derived.audit_search_state (id, seq) VALUES (1, 0)")
+    tx.execute("INSERT INTO derived.time_map_state (id, seq) VALUES (1, 0)")
 
 
 def _statements(script: str) -> list[str]:

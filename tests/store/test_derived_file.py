@@ -1,0 +1,123 @@
+"""SQLite: the derived tables live in a file of their own, with a write lock of its own."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gatehouse.audit.events import Event
+from gatehouse.audit.writer import append_events
+from gatehouse.store.db import Database, StoreBusy
+from gatehouse.store.migrations import MIGRATIONS, _statements, migrate
+
+
+def _no_wait(conn: sqlite3.Connection) -> sqlite3.Connection:
+    conn.execute("PRAGMA busy_timeout=0")
+    return conn
+
+
+def test_a_derived_transaction_does_not_hold_up_the_log(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    migrate(db)
+    projector = db.connect()
+    try:
+        with db.transaction(projector, derived=True) as tx:
+            tx.execute("UPDATE projection_state SET seq = seq")
+            # The log's writer (its connection leaves the derived file out) commits meanwhile.
+            with db.transaction(_no_wait(db.connect(attach=False))) as log:
+                append_events(log, [Event(kind="test.during")])
+            # Another derived writer, or a transaction over both files, has to wait.
+            with pytest.raises(StoreBusy), db.transaction(_no_wait(db.connect()), derived=True):
+                pass
+            with pytest.raises(StoreBusy), db.transaction(_no_wait(db.connect())):
+                pass
+        assert [r["kind"] for r in db.query("SELECT kind FROM events")] == ["test.during"]
+    finally:
+        db.close()
+
+
+def test_derived_tables_are_in_their_own_file_and_queried_as_one(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    migrate(db)
+    db.close()
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    derived = path.with_name("gatehouse.derived.db")
+    with sqlite3.connect(path) as main, sqlite3.connect(derived) as other:
+        main_tables = {r[0] for r in main.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        derived_tables = {r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"events", "chain_head", "users", "tokens"} <= main_tables
+    moved = {
+        "interceptions",
+        "sessions",
+        "tool_calls",
+        "spend",
+        "audit_search",
+        "time_map",
+        "projection_state",
+    }
+    assert moved <= derived_tables
+    assert not moved & main_tables
+
+
+def test_upgrading_moves_existing_derived_rows(tmp_path: Path) -> None:
+    """A store at m0008 (derived tables in the main file, with rows) upgrades without losing a row."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+        " applied_at BIGINT NOT NULL)"
+    )
+    for migration in MIGRATIONS:
+        if migration.version <= 8:
+            for statement in _statements(migration.script("sqlite").format(bigint="INTEGER")):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, 0)", (migration.version, migration.name)
+            )
+    conn.execute(
+        "INSERT INTO interceptions (id, session_id, started_at, provider, route, stream, decision)"
+        " VALUES ('i1', 's1', 1, 'anthropic', 'messages', 0, 'allow')"
+    )
+    conn.execute("INSERT INTO audit_search (rowid, body) VALUES (7, 'drop table users')")
+    conn.execute("UPDATE projection_state SET seq = 42")
+    conn.close()
+
+    db = Database(f"sqlite:///{path}")
+    try:
+        assert migrate(db) == [v for v in (m.version for m in MIGRATIONS) if v > 8]
+        assert db.query("SELECT id, session_id FROM interceptions") == [{"id": "i1", "session_id": "s1"}]
+        assert db.query("SELECT rowid AS seq FROM audit_search WHERE audit_search MATCH 'drop'") == [
+            {"seq": 7}
+        ]
+        assert db.query_one("SELECT seq FROM projection_state WHERE name = 'derived'") == {"seq": 42}
+        assert db.query_one("SELECT count(*) AS n FROM main.sqlite_master WHERE name = 'interceptions'") == {
+            "n": 0
+        }
+    finally:
+        db.close()
+
+
+def test_a_lost_derived_file_comes_back_empty_and_is_rebuilt_from_the_log(sqlite_url: str) -> None:
+    from gatehouse.server import derived_tables
+
+    db = Database(sqlite_url)
+    migrate(db)
+    with db.transaction() as tx:
+        append_events(tx, [Event(kind="admin.user.create", details={"name": "ada"})])
+    derived_tables("UTC").catch_up(db)
+    db.close()
+    Path(sqlite_url.removeprefix("sqlite:///")).with_name("gatehouse.derived.db").unlink()
+
+    db = Database(sqlite_url)
+    try:
+        assert migrate(db) == []
+        assert db.query_one("SELECT seq FROM projection_state WHERE name = 'derived'") == {"seq": 0}
+        derived_tables("UTC").catch_up(db)
+        assert db.query_one("SELECT seq FROM projection_state WHERE name = 'derived'") == {"seq": 1}
+        assert db.query("SELECT rowid AS seq FROM audit_search WHERE audit_search MATCH 'ada'") == [
+            {"seq": 1}
+        ]
+    finally:
+        db.close()
