@@ -91,6 +91,9 @@ class AuditSettings(_Section):
     # Commit in a separate writer process (another core) rather than on the serving event loop. Unset:
     # only where there is a core to spare for it (see `use_writer_process`).
     writer_process: bool | None = None
+    # Without the writer process, derived tables are kept up to date by a process of their own (true) or
+    # by a thread of the server (false; no extra process, but its CPU is taken from the serving loop).
+    projector_process: bool = True
     retention: RetentionSettings = Field(default_factory=RetentionSettings)  # see docs/audit.md
     signing_key: SigningKey = None  # Ed25519 key signing checkpoints (env:/file:)
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from gatehouse.audit import search, timemap
 from gatehouse.audit.checkpoints import signing_key_from_secret
 from gatehouse.audit.export.exporter import Exporter, add_export_task
-from gatehouse.audit.projector import Projector, catch_up_ctx
+from gatehouse.audit.projector import Projector, catch_up_ctx, catch_up_process_ctx
 from gatehouse.audit.retention import retention_cleanup_ctx
 from gatehouse.audit.writer import AuditWriter
 from gatehouse.bridge.projection import project_bridge_events
@@ -114,8 +114,12 @@ def create_app(gh: Gatehouse) -> web.Application:
     add_policy_routes(app, gh)
     add_audit_routes(app, gh)
     if not gh.settings.audit.use_writer_process():  # otherwise the writer process does it between commits
-        tasks = [gh.derived.catch_up, timemap.catch_up]
-        app.cleanup_ctx.append(catch_up_ctx(gh.db, tasks))
+        threaded = [gh.derived.catch_up, timemap.catch_up]
+        if gh.settings.audit.projector_process:
+            steps = [gh.derived.step, timemap.step]
+            app.cleanup_ctx.append(catch_up_process_ctx(gh.db, steps, fallback=threaded))
+        else:
+            app.cleanup_ctx.append(catch_up_ctx(gh.db, threaded))
     audit = gh.settings.audit
     if audit.retention.enabled:
         app.cleanup_ctx.append(

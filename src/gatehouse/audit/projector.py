@@ -12,6 +12,11 @@ them and moves the mark in one short transaction that first re-checks the mark: 
 runs it and however many run at once (the server's background task, the writer process, a reader, other
 replicas). Readers of derived tables catch up first (`catch_up` / `acatch_up`), so what is in the log is
 in what they read: `gatehouse sessions list` right after a call shows it.
+
+Where it runs: in the writer process between commits when there is one; otherwise in a process of its
+own (`catch_up_process_ctx`), so that its CPU is not taken from the serving loop (one GIL) and, on
+SQLite, its writes take only the derived file's lock (`gatehouse.store.db`); in a thread of the server
+(`catch_up_ctx`) where a process cannot be started.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
+from gatehouse.audit import worker
 from gatehouse.audit.events import ROW_COLUMNS, Event, event_from_tuple
 from gatehouse.store.db import Database, Tx
 
@@ -139,3 +147,51 @@ def catch_up_ctx(
         worker.shutdown(wait=True)
 
     return ctx
+
+
+def catch_up_process_ctx(
+    db: Database,
+    tasks: Sequence[Callable[[Database], bool]],
+    *,
+    fallback: Sequence[Callable[..., object]],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """For `app.cleanup_ctx`: run the catch-up `tasks` (`task(db)`: a bounded step, True while more remains)
+    in a process of its own: the writer process's code, sent no events (`gatehouse.audit.worker`). If it
+    cannot be started, `catch_up_ctx(db, fallback)` runs them in a thread instead. The process stops at
+    cleanup, after the pass it is in."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        started = worker.spawn(
+            worker.WorkerConfig(
+                url=db.url,
+                synchronous=db.synchronous,
+                busy_timeout_ms=db.busy_timeout_ms,
+                projections=(),
+                max_batch=1,
+                tasks=tuple(tasks),
+                checkpoints=False,  # the serving process's checkpointer keeps both files' WALs short
+            )
+        )
+        if started is None:
+            async for _ in catch_up_ctx(db, fallback)(app):
+                yield
+            return
+        process, sock = started
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(_stop, process, sock)
+
+    return ctx
+
+
+def _stop(process: subprocess.Popen[bytes], sock: socket.socket, timeout: float = 10.0) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)  # end of input: the process finishes its pass and exits
+    sock.close()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("projector process did not stop in %.0f s: killed", timeout)
+        process.kill()
+        process.wait()

@@ -19,6 +19,9 @@ used by both ends:
 
 The child exits when the parent closes its end (or dies: the kernel closes it). It ignores SIGINT and
 SIGTERM so that a signal sent to the whole process group leaves it to drain what it was sent.
+
+The same process, sent no events, is the server's projector process (`projector.catch_up_process_ctx`):
+it runs only the tasks.
 """
 
 from __future__ import annotations
@@ -81,9 +84,11 @@ class WorkerConfig:
     busy_timeout_ms: int
     projections: tuple[Any, ...]
     max_batch: int
-    # Housekeeping run between commits (the full-text index catch-up): `task(db)` does a bounded step
+    # Housekeeping run between commits (the projector, the time map): `task(db)` does a bounded step
     # and returns True while more remains. Here rather than in the serving process, off its core.
     tasks: tuple[Callable[[Database], bool], ...] = ()
+    # WAL checkpoints of the store; False where the serving process runs them (a tasks-only process).
+    checkpoints: bool = True
 
 
 def spawn(config: WorkerConfig) -> tuple[subprocess.Popen[bytes], socket.socket] | None:
@@ -280,7 +285,10 @@ def serve(sock: socket.socket) -> None:
                 db = Database(
                     config.url, synchronous=config.synchronous, busy_timeout_ms=config.busy_timeout_ms
                 )
-                db.checkpoint_in_background()
+                if config.checkpoints:
+                    db.checkpoint_in_background()
+                else:
+                    db.leave_checkpoints_to_others()
             if frames and config is not None and db is not None:
                 sock.sendall(b"".join(_commit(db, config, frames)))
     finally:

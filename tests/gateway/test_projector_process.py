@@ -1,0 +1,53 @@
+"""Without the writer process, the derived tables are kept up to date by a projector process of their own
+(`audit.projector_process`, the default): nothing in the serving process catches them up."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import anthropic
+
+from gatehouse.config import AuditSettings
+from tests.gateway.conftest import Stack
+from tests.stack import StackFactory
+
+MODEL = "claude-sonnet-5"
+
+
+def _ask(stack: Stack, prompt: str) -> None:
+    client = anthropic.Anthropic(base_url=stack.anthropic_url, api_key=stack.token, max_retries=0)
+    client.messages.create(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": prompt}])
+
+
+def _projected(stack: Stack, timeout: float = 10.0) -> list[str]:
+    """The interceptions' prompts as they stand, read without catching up, once all have appeared."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = stack.db.query("SELECT last_prompt FROM interceptions ORDER BY started_at")
+        if len(rows) == 2 or time.monotonic() > deadline:
+            return [r["last_prompt"] for r in rows]
+        time.sleep(0.05)
+
+
+def _children() -> list[str]:
+    """The command lines of this process's children."""
+    pids = " ".join(p.read_text() for p in Path(f"/proc/{os.getpid()}/task").glob("*/children")).split()
+    return [Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ") for pid in pids]
+
+
+def test_a_projector_process_builds_the_derived_tables(make_stack: StackFactory) -> None:
+    stack = make_stack(audit=AuditSettings(writer_process=False))
+    assert any("gatehouse.audit.worker" in c for c in _children())
+    _ask(stack, "first")
+    _ask(stack, "second")
+    assert _projected(stack) == ["first", "second"]
+
+
+def test_without_it_a_thread_does(make_stack: StackFactory) -> None:
+    stack = make_stack(audit=AuditSettings(writer_process=False, projector_process=False))
+    assert not any("gatehouse.audit.worker" in c for c in _children())
+    _ask(stack, "first")
+    _ask(stack, "second")
+    assert _projected(stack) == ["first", "second"]
