@@ -28,6 +28,7 @@ from aiohttp import web
 from bench.common import UPSTREAM_KEY, run_async
 from gatehouse.audit.events import Event
 from gatehouse.audit.writer import AuditWriter
+from gatehouse.serving import tune_gc_for_serving
 from gatehouse.store.db import Database
 
 
@@ -130,6 +131,7 @@ async def _serve(
     handler_cancellation: bool,
     profile: str | None,
     trace_memory: str | None = None,
+    tune_gc: bool = False,
 ) -> None:
     app, extra = make()
     runner = web.AppRunner(
@@ -156,6 +158,8 @@ async def _serve(
             baseline[:] = [tracemalloc.take_snapshot()]
 
         loop.add_signal_handler(signal.SIGUSR1, mark)
+    if tune_gc:
+        tune_gc_for_serving()  # as `gatehouse serve` does
     print(json.dumps({"url": f"http://{host}:{bound}", "pid": os.getpid(), **extra}), flush=True)
     if profiler is not None:
         profiler.enable()
@@ -238,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 handler_cancellation=args.kind == "simulator",
                 profile=args.profile,
                 trace_memory=args.trace_memory,
+                tune_gc=args.kind == "gatehouse",
             )
         )
     finally:

@@ -66,7 +66,8 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
         db,
         max_batch=settings.audit.max_batch,
         fail_open=settings.audit.fail_mode is FailMode.OPEN,
-        observers=[metrics.observer, exporter.observer],
+        # The exporter learns of commits only if it has sinks to wake (each wake-up is a loop call).
+        observers=[metrics.observer, *([exporter.observer] if exporter.sinks else [])],
         process=settings.audit.use_writer_process(),
         process_tasks=[derived.step, timemap.step],
     )

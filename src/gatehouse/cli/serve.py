@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gatehouse.cli.context import Context, pass_context
 from gatehouse.server import build, create_app, open_store
+from gatehouse.serving import tune_gc_for_serving
 from gatehouse.store.migrations import migrate
 
 
@@ -29,7 +30,9 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
     names = ", ".join(f"{n} ({p.type})" for n, p in settings.providers.items()) or "none"
     click.echo(f"gatehouse {settings.store.url.split('://')[0]} store, providers: {names}")
     click.echo(f"listening on http://{host}:{port}  (bridge: /bridge/<provider>/, api: /api/v1/)")
-    web.run_app(create_app(gh), host=host, port=port, print=None, access_log=None, handle_signals=True)
+    app = create_app(gh)
+    tune_gc_for_serving()
+    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
 
 
 @click.command("migrate")
