@@ -89,6 +89,8 @@ class WorkerConfig:
     tasks: tuple[Callable[[Database], bool], ...] = ()
     # WAL checkpoints of the store; False where the serving process runs them (a tasks-only process).
     checkpoints: bool = True
+    # Added to the process's nice value: a tasks-only process yields the CPU to the serving one.
+    nice: int = 0
 
 
 def spawn(config: WorkerConfig) -> tuple[subprocess.Popen[bytes], socket.socket] | None:
@@ -282,6 +284,8 @@ def serve(sock: socket.socket) -> None:
                 next_tasks = time.monotonic() + (0.0 if behind else _TASK_INTERVAL_S)
             if config is None and frames:
                 config = pickle.loads(frames.pop(0))  # noqa: S301 - from our own parent, over a private socket pair
+                if config.nice:
+                    os.nice(config.nice)
                 db = Database(
                     config.url, synchronous=config.synchronous, busy_timeout_ms=config.busy_timeout_ms
                 )
