@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,12 +22,12 @@ def _ask(stack: Stack, prompt: str) -> None:
     client.messages.create(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": prompt}])
 
 
-def _projected(stack: Stack, timeout: float = 10.0) -> list[str]:
-    """The interceptions' prompts as they stand, read without catching up, once all have appeared."""
+def _projected(stack: Stack, n: int = 2, timeout: float = 10.0) -> list[str]:
+    """The interceptions' prompts as they stand, read without catching up, once `n` have appeared."""
     deadline = time.monotonic() + timeout
     while True:
         rows = stack.db.query("SELECT last_prompt FROM interceptions ORDER BY started_at")
-        if len(rows) == 2 or time.monotonic() > deadline:
+        if len(rows) >= n or time.monotonic() > deadline:
             return [r["last_prompt"] for r in rows]
         time.sleep(0.05)
 
@@ -43,6 +44,24 @@ def test_a_projector_process_builds_the_derived_tables(make_stack: StackFactory)
     _ask(stack, "first")
     _ask(stack, "second")
     assert _projected(stack) == ["first", "second"]
+
+
+def test_if_the_projector_process_dies_a_thread_takes_over(make_stack: StackFactory) -> None:
+    stack = make_stack(audit=AuditSettings(writer_process=False))
+    [pid] = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_projector(p)]
+    _ask(stack, "before")
+    assert _projected(stack, 1) == ["before"]
+    os.kill(pid, signal.SIGKILL)
+    _ask(stack, "after")
+    assert _projected(stack) == ["before", "after"]
+
+
+def _is_projector(proc: Path) -> bool:
+    try:
+        parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+        return int(parent) == os.getpid() and b"gatehouse.audit.worker" in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def test_without_it_a_thread_does(make_stack: StackFactory) -> None:

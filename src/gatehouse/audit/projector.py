@@ -181,12 +181,35 @@ def catch_up_process_ctx(
                 yield
             return
         process, sock = started
+        watch = asyncio.create_task(
+            _watch(process, sock, catch_up_ctx(db, fallback)(app)), name="gatehouse-projector"
+        )
         try:
             yield
         finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
             await asyncio.to_thread(_stop, process, sock)
 
     return ctx
+
+
+async def _watch(
+    process: subprocess.Popen[bytes], sock: socket.socket, fallback: AsyncIterator[None]
+) -> None:
+    """If the projector process exits before the server does, a thread takes over its work."""
+    with contextlib.suppress(OSError):
+        await asyncio.get_running_loop().sock_recv(sock, 1)  # it never sends: this returns when it exits
+    log.error(
+        "projector process exited (status %s): derived tables are now projected in-process", process.wait()
+    )
+    await anext(fallback)  # starts the thread
+    try:
+        await asyncio.Event().wait()  # until the server stops
+    finally:
+        with contextlib.suppress(StopAsyncIteration):
+            await anext(fallback)  # stops it
 
 
 def _stop(process: subprocess.Popen[bytes], sock: socket.socket, timeout: float = 10.0) -> None:

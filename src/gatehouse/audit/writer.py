@@ -15,8 +15,9 @@ projecting cost the loop nothing but the sending. Without the process, a SQLite 
 the loop itself (an embedded commit costs about a hundred microseconds of CPU, less than a round trip
 through another thread, which would also fight the loop for the GIL). Everything else goes through the
 writer thread: appends from other threads or loops, PostgreSQL batches without the process (the commit
-waits on the network), and every batch the fast paths could not commit at once (the write lock is held
-elsewhere, the store fails, the process died): the thread waits, retries and applies the failure policy.
+waits on the network), and every batch the fast paths could not commit (the store fails, the process
+died, or the write lock stayed taken elsewhere for longer than `_BUSY_PATIENCE_S`: a briefly taken lock is
+retried on the loop): the thread waits, retries and applies the failure policy.
 
 If the store fails, `append` raises `AuditUnavailable` (fail closed) unless the writer runs fail-open, in
 which case events are kept in a bounded buffer and retried, and an `audit.gap` event records what passed
