@@ -293,8 +293,9 @@ class AuditWriter:
         started = time.perf_counter()
         try:
             if self._inline_conn is None:
-                self._inline_conn = self.db.connect(attach=False)  # the log's lock alone
-                # Never wait on the loop: a lock held elsewhere sends the batch to the writer thread.
+                # The log's lock alone, unless in-commit projections write derived tables too.
+                self._inline_conn = self.db.connect(attach=bool(self.projections))
+                # Never wait on the loop: a lock held elsewhere is retried soon (`_retry_when_free`).
                 self._inline_conn.execute("PRAGMA busy_timeout=0")
             with self.db.transaction(self._inline_conn) as tx:
                 append_events(tx, events, self.projections)

@@ -154,7 +154,7 @@ class Database:
         WAL after a minute at ~1,800 calls/s, and every page lookup searching a wal-index that grows
         with it). So once the WAL holds more than WAL_RESTART_FRAMES, the thread runs a RESTART
         checkpoint: it waits for readers and holds writers off for the few frames the last PASSIVE pass
-        left (writers that cannot wait meanwhile go to the audit writer thread, which can), and the next
+        left (the audit writer's loop commits retry meanwhile), and the next
         commit starts the WAL over, truncated to `journal_size_limit`. Both files, the log's and the
         derived tables', are checkpointed so."""
         if self.dialect != "sqlite" or self._checkpointer is not None:
