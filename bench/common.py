@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import statistics
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -187,6 +187,20 @@ def cpu_seconds(pid: int) -> float:
             # After the command name: state is field 3, utime 14, stime 15 (1-based, man proc(5)).
             total += int(fields[11]) + int(fields[12])
     return total / _CLK_TCK
+
+
+def chain_links(tail: Sequence[Mapping[str, Any]]) -> bool:
+    """Rows of `events` in seq order: each one's hash recomputes and names its predecessor's."""
+    from gatehouse.audit.chain import row_hash
+
+    prev = None
+    for row in tail:
+        if prev is not None and row["prev_hash"] != prev:
+            return False
+        if row_hash(row) != row["hash"]:
+            return False
+        prev = row["hash"]
+    return True
 
 
 # -- output ----------------------------------------------------------------------------------------------

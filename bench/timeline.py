@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import Check, Options, Outcome, filler, percentile, table
+from bench.common import Check, Options, Outcome, chain_links, filler, percentile, table
 
 FULL_EVENTS = 5_000_000
 QUICK_EVENTS = 500_000
@@ -499,7 +499,6 @@ def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
 
 def verify_tail(url: str, rows: int = 5000) -> bool:
     """Recompute the last rows' hashes and links, and check the chain head: the store is a valid trail."""
-    from gatehouse.audit.chain import row_hash
     from gatehouse.store.db import Database
 
     db = Database(url)
@@ -511,14 +510,7 @@ def verify_tail(url: str, rows: int = 5000) -> bool:
     tail.reverse()
     if not tail or head is None or (head["seq"], head["hash"]) != (tail[-1]["seq"], tail[-1]["hash"]):
         return False
-    prev = None
-    for row in tail:
-        if prev is not None and row["prev_hash"] != prev:
-            return False
-        if row_hash(row) != row["hash"]:
-            return False
-        prev = row["hash"]
-    return True
+    return chain_links(tail)
 
 
 # -- the query mix -------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import orjson
 
+from gatehouse.audit.chain import CHAINED_COLUMNS
+
 Decision = Literal["allow", "deny", "pending", "error"]
 
 
@@ -101,24 +103,7 @@ class Event:
 
 # -- reading events back -----------------------------------------------------------------------------
 
-_ROW_NAMES = (
-    "seq",
-    "id",
-    "ts",
-    "kind",
-    "actor_user",
-    "actor_agent",
-    "actor_token",
-    "on_behalf_of",
-    "workspace",
-    "session",
-    "parent",
-    "decision",
-    "resource",
-    "details",
-    "prev_hash",
-    "hash",
-)
+_ROW_NAMES = (*CHAINED_COLUMNS, "hash")
 ROW_COLUMNS = ", ".join(_ROW_NAMES)
 
 
