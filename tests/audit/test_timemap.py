@@ -1,6 +1,7 @@
-"""The time map gives timeline windows exactly the events plain SQL selects, on SQLite and PostgreSQL:
-with events whose ts is out of seq order (an outage's retried events), with the map behind the log, after
-catch-up, and when it was built by the migration from events that were there before it."""
+"""The log's indexes (time map and key index) give timelines exactly the events plain SQL selects, on SQLite
+and PostgreSQL: with events whose ts is out of seq order (an outage's retried events), with the indexes
+behind the log, part way and after catch-up, and when the migrations built them from events that were
+there before them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from dataclasses import replace
 
 import pytest
 
-from gatehouse.audit import queries, timemap
+from gatehouse.audit import queries, retention, timemap
 from gatehouse.audit.events import Event
 from gatehouse.audit.queries import EventFilter, timeline
+from gatehouse.audit.settings import RetentionSettings
 from gatehouse.audit.writer import append_events
 from gatehouse.store.db import Database
 from gatehouse.store.migrations import migrate
@@ -57,6 +59,15 @@ def plain(db: Database, f: EventFilter) -> list[int]:
     if f.agent:
         where.append("actor_agent = ?")
         params.append(f.agent)
+    if f.session:
+        where.append("session = ?")
+        params.append(f.session)
+    if f.workspace:
+        where.append("workspace = ?")
+        params.append(f.workspace)
+    if f.user:
+        where.append("(actor_user = ? OR on_behalf_of = ?)")
+        params += [f.user, f.user]
     if f.since_us is not None:
         where.append("ts >= ?")
         params.append(f.since_us)
@@ -164,3 +175,113 @@ def test_migration_maps_events_written_before_it(db: Database) -> None:
 def test_bucket_is_sql_integer_division(db: Database, ts: int) -> None:
     row = db.query_one("SELECT CAST(? AS BIGINT) / 600000000 AS b", (ts,))
     assert row is not None and int(row["b"]) == timemap.bucket(ts)
+
+
+def busy_log(db: Database, rng: random.Random, n: int = 400) -> None:
+    """Events of sessions, agents, users (some acting on another's behalf) and workspaces, some pruned."""
+    write(
+        db,
+        [
+            Event(
+                kind=rng.choice(["llm.request", "mcp.call", "admin.user.create"]),
+                ts=T0 + i * MINUTE,
+                actor_agent=rng.choice([None, "a-1", "a-2"]),
+                actor_user=rng.choice([None, "u-1", "u-2"]),
+                on_behalf_of=rng.choice([None, None, "u-1", "u-3"]),
+                workspace=rng.choice([None, "w-1", "w-2"]),
+                session=rng.choice([None, "s-1", "s-2", "s-3"]),
+            )
+            for i in range(n)
+        ],
+    )
+
+
+def entity_filters(rng: random.Random, n: int) -> list[EventFilter]:
+    out = []
+    for _ in range(n):
+        entity = rng.choice(
+            [
+                {"session": rng.choice(["s-1", "s-2", "s-3", "s-none"])},
+                {"agent": rng.choice(["a-1", "a-2"])},
+                {"user": rng.choice(["u-1", "u-2", "u-3"])},
+                {"workspace": rng.choice(["w-1", "w-2"])},
+                {"agent": "a-1", "user": "u-1"},
+                {"session": "s-2", "workspace": "w-1"},
+            ]
+        )
+        since = rng.choice([None, T0 + rng.randrange(400) * MINUTE])
+        until = rng.choice([None, T0 + rng.randrange(400) * MINUTE])
+        out.append(EventFilter(**entity, since_us=since, until_us=until, limit=rng.choice([5, 40])))
+    return out
+
+
+def test_entity_timelines_match_plain_sql_as_the_key_index_catches_up(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(5)
+    busy_log(db, rng)
+    monkeypatch.setattr(queries, "_MAP_LAG", 10_000)  # the queries read what is not indexed yet
+    filters = entity_filters(rng, 60)
+    for indexed in (0, 150, 400):  # none, part, all of the log
+        timemap.catch_up(db, max_events=indexed - timemap.marks(db)[0])
+        assert timemap.marks(db) == (indexed, 400)
+        for f in filters:
+            assert paged(db, f) == plain(db, f), (indexed, f)
+    keys = db.query("SELECT key, seq FROM event_keys ORDER BY key, seq")
+    want = sorted(
+        (k, seq)
+        for r in db.query("SELECT * FROM events")
+        for k, seq in timemap.keys_of(
+            r["seq"], r["session"], r["actor_agent"], r["actor_user"], r["on_behalf_of"], r["workspace"]
+        )
+    )
+    assert [(r["key"], r["seq"]) for r in keys] == want
+
+
+def test_pruned_events_leave_the_key_index(db: Database) -> None:
+    rng = random.Random(6)
+    busy_log(db, rng, 100)
+    timemap.catch_up(db)
+    before = db.query_one("SELECT count(*) AS n FROM event_keys")
+    assert before is not None and before["n"] > 100
+    now = T0 + 100 * MINUTE + 30 * 86_400_000_000
+    report = retention.prune(db, RetentionSettings(default_days=30, compact=False), now)
+    assert report.pruned > 0
+    left = {int(r["seq"]) for r in db.query("SELECT seq FROM event_keys")}
+    pruned = {int(r["seq"]) for r in db.query("SELECT seq FROM events WHERE pruned_by IS NOT NULL")}
+    assert pruned and not left & pruned
+    unpruned = db.query_tuples(
+        "SELECT seq, session, actor_agent, actor_user, on_behalf_of, workspace FROM events"
+        " WHERE pruned_by IS NULL"
+    )
+    assert left == {seq for seq, *columns in unpruned if timemap.keys_of(seq, *columns)}
+
+
+def test_migration_fills_the_key_index_and_drops_the_indexes_on_events(db: Database) -> None:
+    rng = random.Random(7)
+    busy_log(db, rng)
+    timemap.catch_up(db)
+    built = db.query("SELECT key, seq FROM event_keys ORDER BY key, seq")
+    with db.transaction() as tx:  # the store as m0009 left it
+        tx.execute("DROP TABLE event_keys")
+        for name, columns in [
+            ("events_ts", "ts"),
+            ("events_session", "session, seq"),
+            ("events_agent_seq", "actor_agent, seq"),
+            ("events_user_seq", "actor_user, seq"),
+            ("events_on_behalf", "on_behalf_of, seq"),
+            ("events_workspace", "workspace, seq"),
+        ]:
+            tx.execute(f"CREATE INDEX {name} ON events ({columns})")
+        tx.execute("DELETE FROM schema_migrations WHERE version = 10")
+    assert migrate(db) == [10]
+    assert db.query("SELECT key, seq FROM event_keys ORDER BY key, seq") == built
+    assert _indexes_on_events(db) == 1  # only the one that keeps ids unique
+
+
+def _indexes_on_events(db: Database) -> int:
+    """Secondary indexes on `events`: each is written in every commit on the request path."""
+    if db.dialect == "sqlite":
+        return len(db.query("SELECT name FROM pragma_index_list('events')"))
+    rows = db.query("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")
+    return len([r for r in rows if r["indexname"] != "events_pkey"])

@@ -16,7 +16,7 @@ first).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
@@ -67,37 +67,32 @@ def timeline(db: Database, f: EventFilter) -> Page:
     """Events matching the filter, in causal (seq) order, a page at a time."""
     after = _cursor(f.cursor)
     limit = _limit(f.limit)
-    ranges = _seq_ranges(db, f)
-    # A user's events are those they did and those done on their behalf: two index-ordered reads, merged
-    # (one OR would make the store sort every event of the user for each page).
-    sides: tuple[_UserSide, ...] = ("actor", "behalf") if f.user else ("either",)
+    where, params = _conditions(db, f)
+    key = _index_key(db, f)
     rows: list[Row] = []
-    for side in sides:
-        where, params = _conditions(db, f, user_side=side)
-        if after is not None:
-            where.append("e.seq > ?")
-            params.append(after)
-        found: list[Row] = []
-        for first, last in ranges:  # disjoint and in seq order: stop once the page is full
-            bounds: list[str] = []
-            values: list[int] = []
-            if first is not None:
-                bounds.append("e.seq >= ?")
-                values.append(first)
-            if last is not None:
-                bounds.append("e.seq <= ?")
-                values.append(last)
-            found += db.query(
-                f"SELECT {_EVENT_SELECT} FROM events e{_NAMES}{_where(where + bounds)}"
-                " ORDER BY e.seq LIMIT ?",
-                [*params, *values, limit + 1 - len(found)],
-            )
-            if len(found) > limit:
-                break
-        rows += found
-    if len(sides) > 1:
-        rows.sort(key=lambda r: int(r["seq"]))
-    return _page(rows[: limit + 1], limit)
+    for first, last, indexed in _seq_ranges(db, f):  # disjoint and in seq order: stop once the page is full
+        # Up to the indexes' mark, the key index lists the entity's events; after it, the few events not
+        # indexed yet are read directly. The filter's conditions hold either way (a key row can outlive
+        # what it indexed: an event pruned while it was being indexed).
+        bounds: list[str] = []
+        values: list[Any] = []
+        if key is not None and indexed:
+            seq, source = "k.seq", "event_keys k JOIN events e ON e.seq = k.seq"
+            bounds.append("k.key = ?")
+            values.append(key)
+        else:
+            seq, source = "e.seq", "events e"
+        for op, value in ((">=", first), ("<=", last), (">", after)):
+            if value is not None:
+                bounds.append(f"{seq} {op} ?")
+                values.append(value)
+        rows += db.query(
+            f"SELECT {_EVENT_SELECT} FROM {source}{_NAMES}{_where(bounds + where)} ORDER BY {seq} LIMIT ?",
+            [*values, *params, limit + 1 - len(rows)],
+        )
+        if len(rows) > limit:
+            break
+    return _page(rows, limit)
 
 
 def search(db: Database, query: str, f: EventFilter | None = None, *, catch_up_index: bool = True) -> Page:
@@ -185,25 +180,13 @@ def event_dict(row: Row) -> dict[str, Any]:
 # -- building the question ------------------------------------------------------------------------------
 
 
-_UserSide = Literal["actor", "behalf", "either"]
-
-
-def _conditions(
-    db: Database, f: EventFilter, *, user_side: _UserSide = "either"
-) -> tuple[list[str], list[Any]]:
+def _conditions(db: Database, f: EventFilter) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
     if f.user:
         user = _resolve(db, "users", f.user)
-        if user_side == "actor":
-            where.append("e.actor_user = ?")
-            params.append(user)
-        elif user_side == "behalf":
-            where.append("e.on_behalf_of = ? AND (e.actor_user IS NULL OR e.actor_user <> ?)")
-            params += [user, user]
-        else:
-            where.append("(e.actor_user = ? OR e.on_behalf_of = ?)")
-            params += [user, user]
+        where.append("(e.actor_user = ? OR e.on_behalf_of = ?)")
+        params += [user, user]
     if f.agent:
         where.append("e.actor_agent = ?")
         params.append(_resolve(db, "agents", f.agent))
@@ -233,18 +216,40 @@ def _conditions(
     return where, params
 
 
-def _seq_ranges(db: Database, f: EventFilter) -> list[tuple[int | None, int | None]]:
-    """Where in the log the events of the filter's time window are, as seq ranges (None: open), in order.
-    The window selects by ts, the indexes are in seq order: the time map gives the seq range of the
-    window's events, plus the events after the map's mark, which it does not cover yet."""
-    if f.since_us is None and f.until_us is None:
-        return [(None, None)]
-    span = timemap.span(db, f.since_us, f.until_us)
-    if span.head - span.mapped > _MAP_LAG:
+def _index_key(db: Database, f: EventFilter) -> str | None:
+    """The key-index key that narrows the filter most: a session's events are fewer than a workspace's,
+    an agent's or a user's."""
+    if f.session:
+        return timemap.key("session", f.session)
+    if f.workspace:
+        return timemap.key("workspace", f.workspace)
+    if f.agent:
+        return timemap.key("agent", _resolve(db, "agents", f.agent))
+    if f.user:
+        return timemap.key("user", _resolve(db, "users", f.user))
+    return None
+
+
+def _seq_ranges(db: Database, f: EventFilter) -> list[tuple[int | None, int | None, bool]]:
+    """Where in the log the filter's events are, as seq ranges (None: open) in order, each with whether
+    the log's indexes cover it (gatehouse.audit.timemap): the window's range among the indexed events
+    (the whole indexed part without a window), then the events after the indexes' mark."""
+    windowed = f.since_us is not None or f.until_us is not None
+    for attempt in range(2):
+        if windowed:
+            span = timemap.span(db, f.since_us, f.until_us)
+            mapped, head = span.mapped, span.head
+        else:
+            mapped, head = timemap.marks(db)
+        if head - mapped <= _MAP_LAG or attempt:
+            break
         timemap.catch_up(db)
-        span = timemap.span(db, f.since_us, f.until_us)
-    mapped = [] if span.first is None else [(span.first, span.last)]
-    return [*mapped, (span.mapped + 1, None)]
+    ranges: list[tuple[int | None, int | None, bool]] = []
+    if not windowed:
+        ranges.append((None, mapped, True))
+    elif span.first is not None:
+        ranges.append((span.first, span.last, True))
+    return [*ranges, (mapped + 1, None, False)]
 
 
 def _resolve(db: Database, table: str, key: str) -> str:

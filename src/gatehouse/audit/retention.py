@@ -39,6 +39,7 @@ import orjson
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gatehouse.audit import timemap
 from gatehouse.audit.checkpoints import create_checkpoint, insert_checkpoint
 from gatehouse.audit.events import Event, new_id, now_us
 from gatehouse.audit.settings import RetentionSettings
@@ -139,7 +140,7 @@ def list_holds(db: Database, *, include_released: bool = False) -> list[Hold]:
 
 def _hold_target(tx: Tx, scope: str, target: str) -> tuple[str, str | None]:
     if scope == "session":
-        if tx.one("SELECT 1 AS found FROM events WHERE session = ? LIMIT 1", (target,)) is None:
+        if not timemap.has_events(tx, "session", target):
             raise HoldNotFound(f"no events recorded for session {target!r}")
         return target, None
     table = "users" if scope == "user" else "agents"
@@ -265,20 +266,23 @@ def prune(
 
 
 def _candidates(db: Database, before_ts: int) -> Iterable[Row]:
-    """Unpruned events older than `before_ts`, in (ts, seq) order along the time index, a batch at a time
-    and outside any transaction."""
-    last_ts, last_seq = -(2**62), 0
+    """Unpruned events older than `before_ts`, in seq order over the part of the log the time map says
+    holds them, a batch at a time and outside any transaction."""
+    timemap.catch_up(db)
+    window = timemap.bounds(db, None, before_ts)
+    if window is None:
+        return
+    after, last = window[0] - 1, window[1]
     while True:
         rows = db.query(
             "SELECT seq, ts, kind, session, actor_user, actor_agent, on_behalf_of FROM events"
-            " WHERE ts < ? AND (ts > ? OR (ts = ? AND seq > ?)) AND pruned_by IS NULL"
-            " ORDER BY ts, seq LIMIT ?",
-            (before_ts, last_ts, last_ts, last_seq, _SCAN_BATCH),
+            " WHERE seq > ? AND seq <= ? AND ts < ? AND pruned_by IS NULL ORDER BY seq LIMIT ?",
+            (after, last, before_ts, _SCAN_BATCH),
         )
-        if not rows:
-            return
         yield from rows
-        last_ts, last_seq = rows[-1]["ts"], rows[-1]["seq"]
+        if len(rows) < _SCAN_BATCH:
+            return
+        after = rows[-1]["seq"]
 
 
 def _lock_chain(tx: Tx) -> None:
@@ -297,7 +301,7 @@ def _tombstone(
             r
             for chunk in _chunks(seqs)
             for r in tx.all(
-                "SELECT seq, id, kind, session, actor_user, actor_agent, on_behalf_of FROM events"
+                "SELECT seq, id, kind, session, actor_user, actor_agent, on_behalf_of, workspace FROM events"
                 f" WHERE seq IN ({_marks(chunk)}) AND pruned_by IS NULL",
                 chunk,
             )
@@ -339,6 +343,14 @@ def _drop_derived(tx: Tx, rows: Sequence[Row], derived: Counter[str]) -> None:
         )
     for session in sorted(sessions):
         derived[_rebuild_session(tx, session)] += 1
+    keys = [
+        k
+        for r in rows
+        for k in timemap.keys_of(
+            r["seq"], r["session"], r["actor_agent"], r["actor_user"], r["on_behalf_of"], r["workspace"]
+        )
+    ]
+    tx.executemany("DELETE FROM event_keys WHERE key = ? AND seq = ?", keys)
     column = "rowid" if tx.db.dialect == "sqlite" else "seq"
     for chunk in _chunks([int(r["seq"]) for r in rows]):
         tx.execute(f"DELETE FROM audit_search WHERE {column} IN ({_marks(chunk)})", chunk)

@@ -1,27 +1,30 @@
-"""Where a time window lies in the log: for each 10-minute bucket of `ts`, the lowest and the highest seq
-of the events created in it (`time_map`).
+"""The log's two read indexes, kept in bulk off the request path: where a time window lies in the log, and
+which events belong to a session, an agent, a user or a workspace.
 
-A timeline orders by seq and selects by ts (gatehouse.audit.queries). Its indexes are (actor, seq), so
-without help a window is found by walking the actor's events in seq order from the beginning and reading
-each row's ts: on a busy agent with months of history, the events before the window are read for
-nothing. The map turns the window into the seq range that holds every event created in it, exactly, so
-the walk starts and stops at the right place. ts and seq disagree by the writer's queue delay, clock skew
-between replicas, or an outage's retried events; that only widens the range of the buckets concerned,
-never loses an event, because the bounds are the actual lowest and highest seq of each bucket.
+The time map (`time_map`): for each 10-minute bucket of `ts`, the lowest and the highest seq of the events
+created in it. A timeline orders by seq and selects by ts (gatehouse.audit.queries); the map turns a
+window into the seq range that holds every event created in it, exactly, so a read starts and stops at the
+right place. ts and seq disagree by the writer's queue delay, clock skew between replicas, or an outage's
+retried events; that only widens the range of the buckets concerned, never loses an event, because the
+bounds are the actual lowest and highest seq of each bucket.
 
-Kept up to date in bulk, off the request path: by the audit writer process between commits and by the
-server's background indexer (`catch_up` rides along with the search index's), and by a timeline that
-finds the map far behind. `time_map_state.seq` is the last event mapped: a timeline reads the events
-after it, which no bucket covers yet, separately. Seq only grows and an event becomes visible only after
-every event before it (the chain's write lock orders commits), so nothing appears behind the mark later.
-It costs the writer nothing: one row per 10 minutes of log, a few hundred per week, no index on `events`.
+The key index (`event_keys`): one (key, seq) row per event and key, where the keys are `s:<session>`,
+`a:<agent>`, `u:<user>` (as actor or on-behalf-of) and `w:<workspace>` (`key()`). It replaced six
+secondary indexes on `events` (m0010), which every commit on the request path had to maintain: here a
+batch of thousands of events is indexed at once, in the projector process.
+
+Both share one mark, `time_map_state.seq`, the last event indexed: a reader covers the events after it,
+which neither index holds yet, by reading them directly (`Span.mapped`). Seq only grows and an event
+becomes visible only after every event before it (the chain's write lock orders commits), so nothing
+appears behind the mark later. Kept up to date by the projector process (or the writer process) every
+second, and by a timeline that finds them far behind.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gatehouse.store.db import Database
+from gatehouse.store.db import Database, Tx
 
 BUCKET_US = 600_000_000  # 10 minutes
 _CATCH_UP_BATCH = 20_000
@@ -49,6 +52,15 @@ class Span:
     last: int | None
     mapped: int
     head: int
+
+
+def marks(db: Database) -> tuple[int, int]:
+    """(the last event indexed, the last event in the log)."""
+    row = db.query_one(
+        "SELECT m.seq AS mapped, h.seq AS head FROM time_map_state m JOIN chain_head h ON h.id = 1"
+        " WHERE m.id = 1"
+    )
+    return (0, 0) if row is None else (int(row["mapped"]), int(row["head"]))
 
 
 def span(db: Database, since_us: int | None, until_us: int | None) -> Span:
@@ -80,8 +92,72 @@ def span(db: Database, since_us: int | None, until_us: int | None) -> Span:
     )
 
 
+KEY_PREFIXES = {"session": "s:", "agent": "a:", "user": "u:", "workspace": "w:"}
+_KEYS_INSERT = "INSERT INTO event_keys (key, seq) VALUES (?, ?)"
+
+
+def key(scope: str, value: str) -> str:
+    """The key-index key of a session, agent, user or workspace id."""
+    return KEY_PREFIXES[scope] + value
+
+
+def keys_of(
+    seq: int,
+    session: str | None,
+    agent: str | None,
+    user: str | None,
+    behalf: str | None,
+    workspace: str | None,
+) -> list[tuple[str, int]]:
+    """An event's rows in the key index. A pruned event's columns are blank: it has none."""
+    keys = []
+    if session is not None:
+        keys.append(("s:" + session, seq))
+    if agent is not None:
+        keys.append(("a:" + agent, seq))
+    if user is not None:
+        keys.append(("u:" + user, seq))
+    if behalf is not None and behalf != user:
+        keys.append(("u:" + behalf, seq))
+    if workspace is not None:
+        keys.append(("w:" + workspace, seq))
+    return keys
+
+
+def bounds(db: Database, since_us: int | None, until_us: int | None) -> tuple[int, int] | None:
+    """The smallest seq range that holds every event with since <= ts < until: the window's range among
+    the mapped events, widened to the events after the mark (any of them may be in the window). None if
+    no event can be."""
+    s = span(db, since_us, until_us)
+    first = s.first if s.first is not None else s.mapped + 1
+    last = s.head if s.head > s.mapped else s.last
+    return None if last is None or first > last else (first, last)
+
+
+_KEY_COLUMNS = {
+    "session": "session = ?",
+    "agent": "actor_agent = ?",
+    "user": "(actor_user = ? OR on_behalf_of = ?)",
+    "workspace": "workspace = ?",
+}
+
+
+def has_events(tx: Tx, scope: str, value: str) -> bool:
+    """Has the log any event of this session, agent, user or workspace? The key index, then the events
+    after its mark, as the transaction sees them."""
+    if tx.one("SELECT 1 AS found FROM event_keys WHERE key = ? LIMIT 1", (key(scope, value),)):
+        return True
+    condition = _KEY_COLUMNS[scope]
+    found = tx.one(
+        f"SELECT 1 AS found FROM events WHERE seq > (SELECT seq FROM time_map_state WHERE id = 1)"
+        f" AND {condition} LIMIT 1",
+        (value,) * condition.count("?"),
+    )
+    return found is not None
+
+
 def catch_up(db: Database, *, batch: int = _CATCH_UP_BATCH, max_events: int | None = None) -> int:
-    """Map the events appended since the last pass; return how many were read.
+    """Index the events appended since the last pass (time map and key index); return how many were read.
 
     The events are read outside any transaction (a read does not hold up the writer); the short write
     that follows re-checks the mark, so two passes at once never map the same events twice."""
@@ -92,24 +168,32 @@ def catch_up(db: Database, *, batch: int = _CATCH_UP_BATCH, max_events: int | No
             return done
         mark = int(state["seq"])
         step = batch if max_events is None else min(batch, max_events - done)
-        rows = db.query("SELECT seq, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (mark, step))
+        rows = db.query_tuples(
+            "SELECT seq, ts, session, actor_agent, actor_user, on_behalf_of, workspace FROM events"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (mark, step),
+        )
         if not rows:
             return done
         bounds: dict[int, list[int]] = {}
-        for r in rows:
-            seq, b = int(r["seq"]), bucket(int(r["ts"]))
+        keys: list[tuple[str, int]] = []
+        for seq, ts, session, agent, user, behalf, workspace in rows:
+            b = bucket(ts)
             seen = bounds.get(b)
             if seen is None:
                 bounds[b] = [seq, seq]
             else:
                 seen[1] = seq  # rows come in seq order
+            keys += keys_of(seq, session, agent, user, behalf, workspace)
         with db.transaction(derived=True) as tx:
             lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
             now = tx.one(f"SELECT seq FROM time_map_state WHERE id = 1{lock}")
             if now is None or int(now["seq"]) != mark:
                 continue  # another pass got there first: read again from its mark
             tx.executemany(_UPSERT, [(b, lo, hi) for b, (lo, hi) in bounds.items()])
-            tx.execute("UPDATE time_map_state SET seq = ? WHERE id = 1", (int(rows[-1]["seq"]),))
+            keys.sort()  # in index order: each page of the index is visited once
+            tx.executemany(_KEYS_INSERT, keys)
+            tx.execute("UPDATE time_map_state SET seq = ? WHERE id = 1", (int(rows[-1][0]),))
         done += len(rows)
         if len(rows) < step:
             return done

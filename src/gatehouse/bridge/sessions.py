@@ -5,11 +5,12 @@ Shared by the CLI and the REST API, so both answer the same question the same wa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
-
+from gatehouse.audit.queries import MAX_LIMIT, EventFilter, timeline
+from gatehouse.bridge.projection import REQUEST, RESPONSE
 from gatehouse.store.db import Database, Row
 
 
@@ -62,15 +63,10 @@ def show_session(db: Database, session_id: str) -> dict[str, Any] | None:
     summary = db.query_one(_SESSION_SELECT + " WHERE s.id = ?", (session_id,))
     if summary is None:
         return None
-    rows = db.query(
-        "SELECT id, kind, ts, decision, parent, details FROM events WHERE session = ? AND kind IN"
-        " ('llm.request', 'llm.response') ORDER BY seq",
-        (session_id,),
-    )
     by_id: dict[str, dict[str, Any]] = {}
     order: list[dict[str, Any]] = []
-    for row in rows:
-        details = orjson.loads(row["details"])
+    for row in _session_events(db, session_id):
+        details = row["details"]
         if row["kind"] == "llm.request":
             item = {"id": row["id"], "started_at": row["ts"], "decision": row["decision"], "request": details}
             item["response"] = None
@@ -80,3 +76,14 @@ def show_session(db: Database, session_id: str) -> dict[str, Any] | None:
             by_id[row["parent"]]["response"] = details
             by_id[row["parent"]]["ended_at"] = row["ts"]
     return {"session": summary, "interceptions": order}
+
+
+def _session_events(db: Database, session_id: str) -> Iterator[dict[str, Any]]:
+    """The session's requests and responses in log order, through the audit timeline's indexes."""
+    f = EventFilter(session=session_id, kinds=(REQUEST, RESPONSE), limit=MAX_LIMIT)
+    while True:
+        page = timeline(db, f)
+        yield from page.events
+        if page.next_cursor is None:
+            return
+        f = replace(f, cursor=page.next_cursor)

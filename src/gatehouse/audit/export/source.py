@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from gatehouse.audit import timemap
 from gatehouse.audit.events import ROW_COLUMNS as _COLUMNS
 from gatehouse.audit.events import Event, event_from_row
 from gatehouse.store.db import Database
@@ -27,27 +28,11 @@ def events_by_id(db: Database, ids: Sequence[str]) -> dict[str, Event]:
     return found
 
 
-def seq_range(db: Database, since_us: int | None, until_us: int | None) -> tuple[int, int] | None:
-    """The smallest and largest sequence numbers of events whose time falls in [since, until), read from
-    the time index; None if there are none."""
-    low = db.query_one(
-        "SELECT MIN(seq) AS seq FROM events WHERE ts >= ?", (since_us if since_us is not None else -1,)
-    )
-    if until_us is None:
-        high = db.query_one("SELECT seq FROM chain_head WHERE id = 1")
-    else:
-        high = db.query_one("SELECT MAX(seq) AS seq FROM events WHERE ts < ?", (until_us,))
-    if low is None or high is None or low["seq"] is None or high["seq"] is None:
-        return None
-    first, last = int(low["seq"]), int(high["seq"])
-    return (first, last) if first <= last else None
-
-
 def events_between(
     db: Database, since_us: int | None, until_us: int | None, *, batch: int = 1000
 ) -> Iterator[list[Event]]:
     """Events with since <= ts < until, in sequence order, in batches."""
-    bounds = seq_range(db, since_us, until_us)
+    bounds = timemap.bounds(db, since_us, until_us)
     if bounds is None:
         return
     first, last = bounds
