@@ -47,6 +47,7 @@ from gatehouse.bridge.facts import InvalidRequest, RequestFacts, ResponseFacts, 
 from gatehouse.bridge.projection import REQUEST, RESPONSE
 from gatehouse.bridge.routes import Route, azure_deployment, guess_flavor, match_route
 from gatehouse.bridge.sse import SSEParser
+from gatehouse.bridge.upstream import Upstream, UpstreamError, UpstreamResponse, UpstreamTimeout
 from gatehouse.config import BridgeSettings, CapturePolicy, ProviderSettings
 from gatehouse.identity.service import AuthError, IdentityService, Principal
 from gatehouse.policy.engine import Admission, PolicyEngine, PolicyRefusal
@@ -138,7 +139,7 @@ class Bridge:
         self.writer = writer
         self.identity = identity
         self.max_body_bytes = max_body_bytes
-        self._http: aiohttp.ClientSession | None = None
+        self._http: Upstream | None = None
         # tool call id -> (interception id, session id): links a tool result to the call that asked for it.
         self._tool_calls: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
@@ -148,12 +149,8 @@ class Bridge:
         app.on_cleanup.append(self._close)
 
     async def _open(self, _app: web.Application) -> None:
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.settings.connect_timeout_s, sock_read=self.settings.read_timeout_s
-        )
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        self._http = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=True, skip_auto_headers=("User-Agent",)
+        self._http = Upstream(
+            connect_timeout=self.settings.connect_timeout_s, read_timeout=self.settings.read_timeout_s
         )
 
     async def _close(self, _app: web.Application) -> None:
@@ -278,15 +275,15 @@ class Bridge:
     async def _forward(
         self, request: web.Request, call: Interception, provider: ProviderSettings, url: str, body: bytes
     ) -> web.StreamResponse:
-        headers = _upstream_headers(request, provider)
+        forward = _upstream_headers(request, provider)
         assert self._http is not None
         try:
-            upstream = await self._http.request(request.method, url, data=body, headers=headers)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+            upstream = await self._http.request(request.method, url, forward, body)
+        except UpstreamTimeout:
             raise await self._upstream_failed(
                 call, "timeout", "the upstream did not answer in time"
             ) from None
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             raise await self._upstream_failed(call, "upstream", f"cannot reach the upstream: {exc}") from None
         try:
             if upstream.content_type == "text/event-stream":
@@ -295,11 +292,11 @@ class Bridge:
         finally:
             upstream.release()
 
-    async def _buffered(self, upstream: aiohttp.ClientResponse, call: Interception) -> web.StreamResponse:
+    async def _buffered(self, upstream: UpstreamResponse, call: Interception) -> web.StreamResponse:
         assert call.route.wire is not None
         try:
             payload = await upstream.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UpstreamError as exc:
             raise await self._upstream_failed(
                 call, "upstream", f"the upstream connection failed: {exc}"
             ) from None
@@ -312,7 +309,7 @@ class Bridge:
         return web.Response(status=upstream.status, body=payload, headers=_client_headers(upstream, call))
 
     async def _stream(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, call: Interception
+        self, request: web.Request, upstream: UpstreamResponse, call: Interception
     ) -> web.StreamResponse:
         assert call.route.wire is not None
         response = web.StreamResponse(status=upstream.status, headers=_client_headers(upstream, call))
@@ -324,7 +321,7 @@ class Bridge:
             call.raw_response = bytearray()
         finished = False
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 terminal = False
                 for event in parser.feed(chunk):
                     accumulator.feed(event)
@@ -348,7 +345,7 @@ class Bridge:
                         return response
                 if not await _write_quietly(response, chunk):
                     return await self._client_gone(call, upstream, accumulator.result(), response)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UpstreamError as exc:
             message = (
                 "the upstream connection broke mid-stream"
                 if not isinstance(exc, TimeoutError)
@@ -381,7 +378,7 @@ class Bridge:
     async def _client_gone(
         self,
         call: Interception,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         facts: ResponseFacts,
         response: web.StreamResponse,
     ) -> web.StreamResponse:
@@ -401,15 +398,17 @@ class Bridge:
         started = time.perf_counter()
         body = await self._read_body(request) if request.method == "POST" else None
         url = _upstream_url(request, route, provider, "")
+        forward = _upstream_headers(request, provider)
         assert self._http is not None
         try:
-            async with self._http.request(
-                request.method, url, data=body, headers=_upstream_headers(request, provider)
-            ) as upstream:
+            upstream = await self._http.request(request.method, url, forward, body)
+            try:
                 payload = await upstream.read()
-                status, headers = upstream.status, _client_headers(upstream, None)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            finally:
+                upstream.release()
+        except UpstreamError as exc:
             raise BridgeError("upstream", f"cannot reach the upstream: {exc}") from None
+        status, headers = upstream.status, _client_headers(upstream, None)
         if route.name == "models" and status == 200:
             payload = _filter_models(payload, provider.models)
             if self.policy is not None:
@@ -656,14 +655,14 @@ def _upstream_headers(request: web.Request, provider: ProviderSettings) -> dict[
     return headers
 
 
-def _client_headers(upstream: aiohttp.ClientResponse, call: Interception | None) -> dict[str, str]:
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+def _client_headers(upstream: UpstreamResponse, call: Interception | None) -> list[tuple[str, str]]:
+    headers = [(k, v) for k, v in upstream.headers if k.lower() not in _DROP_RESPONSE]
     if call is not None:
-        headers["x-gatehouse-interception"] = call.id
+        headers.append(("x-gatehouse-interception", call.id))
     return headers
 
 
-def _error_text(upstream: aiohttp.ClientResponse, facts: ResponseFacts) -> str | None:
+def _error_text(upstream: UpstreamResponse, facts: ResponseFacts) -> str | None:
     if facts.error is not None:
         message = facts.error.get("message") or facts.error.get("type") or "error"
         return f"upstream error: {message}"[:500]
