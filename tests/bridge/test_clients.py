@@ -198,3 +198,19 @@ def test_session_ids_are_trimmed_and_bounded() -> None:
     assert client_session_id({"session-id": "   "}) is None
     assert client_session_id({"session-id": "  abc  "}) == "abc"
     assert client_session_id({"session-id": "x" * 10_000}) == "x" * 256
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        CODEX_HEADERS,
+        {"User-Agent": "curl/8.5.0", "X-Cursor-Checksum": "x"},
+        {"user-agent": "claude-cli/2.1.329 (external, sdk-cli)", "X-Claude-Code-Session-Id": "s-1"},
+        {"User-Agent": "python-httpx/0.28", "X-Stainless-Lang": "js", "Anthropic-Version": "2023-06-01"},
+    ],
+)
+def test_aiohttp_headers_read_like_a_plain_mapping(headers: dict[str, str]) -> None:
+    """The Bridge passes aiohttp's case-insensitive headers, read without copying them."""
+    proxy = CIMultiDictProxy(CIMultiDict(headers))
+    assert detect_client(proxy) == detect_client(headers) != "unknown"
+    assert client_session_id(proxy) == client_session_id(headers)

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 __all__ = ["client_session_id", "detect_client"]
 
 # Most specific first: an explicit Gatehouse session wins over what the agent says about itself.
@@ -48,7 +50,10 @@ _SESSION_HEADERS = (
 _MAX_SESSION_ID = 256
 
 
-def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
+def _lowered(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """Headers to look up by lower-case name: aiohttp's are case-insensitive already."""
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        return headers
     return {k.lower(): v for k, v in headers.items()}
 
 
@@ -65,7 +70,7 @@ def detect_client(headers: Mapping[str, str]) -> str:
     originator = h.get("originator", "").strip().lower()
     if product.startswith("codex") or originator.startswith("codex"):
         return "codex"
-    if "cursor" in ua_lower or any(k.startswith("x-cursor-") for k in h):
+    if "cursor" in ua_lower or any(k.lower().startswith("x-cursor-") for k in h):
         return "cursor"
     if (
         product == "litellm"
