@@ -15,7 +15,7 @@ first).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -67,8 +67,9 @@ def timeline(db: Database, f: EventFilter) -> Page:
     """Events matching the filter, in causal (seq) order, a page at a time."""
     after = _cursor(f.cursor)
     limit = _limit(f.limit)
-    where, params = _conditions(db, f)
-    key = _index_key(db, f)
+    f = _resolved(db, f)
+    where, params = _conditions(f)
+    key = _index_key(f)
     rows: list[Row] = []
     for first, last, indexed in _seq_ranges(db, f):  # disjoint and in seq order: stop once the page is full
         # Up to the indexes' mark, the key index lists the entity's events; after it, the few events not
@@ -104,7 +105,7 @@ def search(db: Database, query: str, f: EventFilter | None = None, *, catch_up_i
         join, condition, expression, seq = match_clause(db, query)
     except ValueError as exc:
         raise QueryError(str(exc)) from None
-    where, params = _conditions(db, f)
+    where, params = _conditions(_resolved(db, f))
     where.insert(0, condition)
     params.insert(0, expression)
     before = _cursor(f.cursor)
@@ -180,16 +181,25 @@ def event_dict(row: Row) -> dict[str, Any]:
 # -- building the question ------------------------------------------------------------------------------
 
 
-def _conditions(db: Database, f: EventFilter) -> tuple[list[str], list[Any]]:
+def _resolved(db: Database, f: EventFilter) -> EventFilter:
+    """The filter with its user and agent as ids (names are accepted too)."""
+    return replace(
+        f,
+        user=_resolve(db, "users", f.user) if f.user else None,
+        agent=_resolve(db, "agents", f.agent) if f.agent else None,
+    )
+
+
+def _conditions(f: EventFilter) -> tuple[list[str], list[Any]]:
+    """The filter as SQL conditions on `events e`; its user and agent are ids (`_resolved`)."""
     where: list[str] = []
     params: list[Any] = []
     if f.user:
-        user = _resolve(db, "users", f.user)
         where.append("(e.actor_user = ? OR e.on_behalf_of = ?)")
-        params += [user, user]
+        params += [f.user, f.user]
     if f.agent:
         where.append("e.actor_agent = ?")
-        params.append(_resolve(db, "agents", f.agent))
+        params.append(f.agent)
     if f.session:
         where.append("e.session = ?")
         params.append(f.session)
@@ -216,17 +226,17 @@ def _conditions(db: Database, f: EventFilter) -> tuple[list[str], list[Any]]:
     return where, params
 
 
-def _index_key(db: Database, f: EventFilter) -> str | None:
-    """The key-index key that narrows the filter most: a session's events are fewer than a workspace's,
-    an agent's or a user's."""
-    if f.session:
-        return timemap.key("session", f.session)
-    if f.workspace:
-        return timemap.key("workspace", f.workspace)
-    if f.agent:
-        return timemap.key("agent", _resolve(db, "agents", f.agent))
-    if f.user:
-        return timemap.key("user", _resolve(db, "users", f.user))
+def _index_key(f: EventFilter) -> str | None:
+    """The key-index key that narrows the (resolved) filter most: a session's events are fewer than a
+    workspace's, an agent's or a user's."""
+    for scope, value in (
+        ("session", f.session),
+        ("workspace", f.workspace),
+        ("agent", f.agent),
+        ("user", f.user),
+    ):
+        if value:
+            return timemap.key(scope, value)
     return None
 
 

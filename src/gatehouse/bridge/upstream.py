@@ -111,7 +111,11 @@ class Upstream:
                 return conn, True
             conn.close()
         scheme, host, port = origin
-        context = (self._ssl or ssl.create_default_context()) if scheme == "https" else None
+        context = None
+        if scheme == "https":
+            if self._ssl is None:  # the system's CAs, loaded once
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
