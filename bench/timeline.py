@@ -4,8 +4,8 @@ GET /api/v1/audit/timeline) takes on a large store.
 The store is a SQLite file in a temporary directory, built with every migration and then filled directly
 (executemany in large transactions, not through the writer, which would take hours at 5 million) with a
 valid hash chain: rows are chained with `gatehouse.audit.chain.event_hash` exactly as the writer chains
-them, the tail is verified, and the time map and key index are caught up as the projector would have. It looks
-like a busy deployment over 60 days: a few hundred users and agents with a skewed (Zipf) share of the
+them, the tail is verified, and the time map and key index are caught up as the projector would have.
+It looks like a busy deployment over 60 days: a few hundred users and agents with a skewed (Zipf) share of the
 traffic, ~180,000 sessions of heavy-tailed length, working hours and weekends, workspaces for most
 sessions, agents acting on behalf of people, the Bridge's `llm.request` / `llm.response` pairs with MCP
 tool calls, failed logins and admin changes in between, and three outages whose events are retried late,
