@@ -140,7 +140,7 @@ def list_holds(db: Database, *, include_released: bool = False) -> list[Hold]:
 
 def _hold_target(tx: Tx, scope: str, target: str) -> tuple[str, str | None]:
     if scope == "session":
-        if not timemap.has_events(tx, "session", target):
+        if not timemap.has_session(tx, target):
             raise HoldNotFound(f"no events recorded for session {target!r}")
         return target, None
     table = "users" if scope == "user" else "agents"

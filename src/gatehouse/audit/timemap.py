@@ -110,18 +110,16 @@ def keys_of(
     workspace: str | None,
 ) -> list[tuple[str, int]]:
     """An event's rows in the key index. A pruned event's columns are blank: it has none."""
-    keys = []
-    if session is not None:
-        keys.append(("s:" + session, seq))
-    if agent is not None:
-        keys.append(("a:" + agent, seq))
-    if user is not None:
-        keys.append(("u:" + user, seq))
-    if behalf is not None and behalf != user:
-        keys.append(("u:" + behalf, seq))
-    if workspace is not None:
-        keys.append(("w:" + workspace, seq))
-    return keys
+    if behalf == user:
+        behalf = None  # one row when a user acts on their own behalf
+    scoped = (
+        ("session", session),
+        ("agent", agent),
+        ("user", user),
+        ("user", behalf),
+        ("workspace", workspace),
+    )
+    return [(key(scope, value), seq) for scope, value in scoped if value is not None]
 
 
 def bounds(db: Database, since_us: int | None, until_us: int | None) -> tuple[int, int] | None:
@@ -134,24 +132,15 @@ def bounds(db: Database, since_us: int | None, until_us: int | None) -> tuple[in
     return None if last is None or first > last else (first, last)
 
 
-_KEY_COLUMNS = {
-    "session": "session = ?",
-    "agent": "actor_agent = ?",
-    "user": "(actor_user = ? OR on_behalf_of = ?)",
-    "workspace": "workspace = ?",
-}
-
-
-def has_events(tx: Tx, scope: str, value: str) -> bool:
-    """Has the log any event of this session, agent, user or workspace? The key index, then the events
-    after its mark, as the transaction sees them."""
-    if tx.one("SELECT 1 AS found FROM event_keys WHERE key = ? LIMIT 1", (key(scope, value),)):
+def has_session(tx: Tx, session: str) -> bool:
+    """Has the log any event of this session? The key index, then the events after its mark, as the
+    transaction sees them."""
+    if tx.one("SELECT 1 AS found FROM event_keys WHERE key = ? LIMIT 1", (key("session", session),)):
         return True
-    condition = _KEY_COLUMNS[scope]
     found = tx.one(
-        f"SELECT 1 AS found FROM events WHERE seq > (SELECT seq FROM time_map_state WHERE id = 1)"
-        f" AND {condition} LIMIT 1",
-        (value,) * condition.count("?"),
+        "SELECT 1 AS found FROM events WHERE seq > (SELECT seq FROM time_map_state WHERE id = 1)"
+        " AND session = ? LIMIT 1",
+        (session,),
     )
     return found is not None
 

@@ -208,7 +208,9 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
-        self.response.raw_headers.append((name, value))
+        self.response.headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
         assert self.response is not None
@@ -236,7 +238,6 @@ class UpstreamResponse:
         self._read_timeout = read_timeout
         self._loop = asyncio.get_running_loop()
         self.status = 0
-        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.headers: list[tuple[str, str]] = []
         self.received = False  # any byte of the answer came
         self.complete = False
@@ -312,10 +313,6 @@ class UpstreamResponse:
 
     def head_done(self, status: int) -> None:
         self.status = status
-        self.headers = [
-            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-            for n, v in self.raw_headers
-        ]
         length, encoding, chunked = None, "", False
         for name, value in self.headers:
             lowered = name.lower()
@@ -335,7 +332,6 @@ class UpstreamResponse:
 
     def restart(self) -> None:
         self.status = 0
-        self.raw_headers.clear()
         self.headers.clear()
 
     def feed(self, data: bytes) -> None:
