@@ -275,3 +275,34 @@ def test_denial_reasons_and_capped_labels() -> None:
         )
         == 210
     )
+
+
+def _samples(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_histograms_expose_what_prometheus_client_would() -> None:
+    """The observer tallies histograms itself (cheaper per event); the exposition must be the library's:
+    `le` inclusive, cumulative buckets, +Inf, count and sum."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from gatehouse.metrics import BATCH_BUCKETS, COMMIT_BUCKETS, COMMIT_EVENTS, COMMIT_SECONDS
+
+    values = [0.0, 0.0001, 0.00011, 0.001, 0.0025, 0.3, 2.5, 2.6, 1e9]  # on, between and beyond the bounds
+    metrics = Metrics(MetricsSettings())
+    reference = CollectorRegistry()
+    seconds = Histogram(COMMIT_SECONDS.name, COMMIT_SECONDS.doc, buckets=COMMIT_BUCKETS, registry=reference)
+    events = Histogram(COMMIT_EVENTS.name, COMMIT_EVENTS.doc, buckets=BATCH_BUCKETS, registry=reference)
+    for i, value in enumerate(values):
+        metrics.observer([Event(kind="admin.user.create")] * i, value)
+        seconds.observe(value)
+        events.observe(i)
+    ours = _samples(metrics.render()[0].decode())
+    theirs = _samples(generate_latest(reference).decode())
+    assert theirs and all(ours[key] == value for key, value in theirs.items()), (ours, theirs)
+    assert ours[("gatehouse_audit_events_committed_total", frozenset({("kind", "admin.user.create")}))] == 36

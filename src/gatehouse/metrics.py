@@ -17,19 +17,23 @@ every metric.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import hmac
+import itertools
 import logging
 import os
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, Info, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from gatehouse import __version__
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
+_USAGE_KEYS = tuple((token_type, f"{token_type}_tokens") for token_type in TOKEN_TYPES)
 READER_ROLES = ("owner", "admin", "auditor")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
@@ -116,6 +121,100 @@ class _Capped:
         return value
 
 
+@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: a tally's dict key, every event
+class _Family:
+    """A counter or histogram family tallied by the observer and exposed at scrape time."""
+
+    name: str
+    doc: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()  # a histogram's upper bounds (without +Inf); none for a counter
+
+
+REQUESTS = _Family(
+    "gatehouse_llm_requests",
+    "Calls through the Bridge, by provider instance, route, HTTP status and decision.",
+    ("provider", "route", "status", "decision"),
+)
+TOKENS = _Family(
+    "gatehouse_llm_tokens",
+    "Tokens reported by upstreams, by provider, model and type.",
+    ("provider", "model", "type"),
+)
+DURATION = _Family(
+    "gatehouse_llm_request_duration_seconds",
+    "Time from receiving an LLM call to its last byte.",
+    ("provider", "route"),
+    LATENCY_BUCKETS,
+)
+TTFT = _Family(
+    "gatehouse_llm_time_to_first_token_seconds",
+    "Time from receiving a streamed LLM call to its first token.",
+    ("provider", "route"),
+    TTFT_BUCKETS,
+)
+DENIALS = _Family("gatehouse_denials", "Refused actions, by event kind and reason.", ("kind", "reason"))
+COMMIT_SECONDS = _Family(
+    "gatehouse_audit_commit_duration_seconds",
+    "Time to write one group commit of audit events.",
+    (),
+    COMMIT_BUCKETS,
+)
+COMMIT_EVENTS = _Family("gatehouse_audit_commit_events", "Events per group commit.", (), BATCH_BUCKETS)
+COMMITTED = _Family(
+    "gatehouse_audit_events_committed", "Audit events committed by this process, by kind.", ("kind",)
+)
+USER_REQUESTS = _Family(
+    "gatehouse_llm_user_requests",
+    "LLM calls per user and agent (metrics.per_user).",
+    ("user", "agent", "decision"),
+)
+USER_TOKENS = _Family(
+    "gatehouse_llm_user_tokens", "Tokens per user and agent (metrics.per_user).", ("user", "agent", "type")
+)
+
+
+class _Tally:
+    """The observed values of some families, as plain numbers. prometheus_client's metric objects take a
+    lock and validate labels on every update, which cost the serving loop more per event than the event's
+    own commit; here an update is a dict lookup and an addition, and the families are built when scraped.
+    The caller serialises updates and `collect` (`Metrics._lock`)."""
+
+    def __init__(self, families: Sequence[_Family]) -> None:
+        self.families = tuple(families)
+        # family -> label values -> count (counter) or [per-bucket counts..., +Inf count, sum] (histogram)
+        self.series: dict[_Family, dict[tuple[str, ...], Any]] = {f: {} for f in families}
+
+    def add(self, family: _Family, labels: tuple[str, ...], amount: float = 1) -> None:
+        series = self.series[family]
+        series[labels] = series.get(labels, 0) + amount
+
+    def observe(self, family: _Family, labels: tuple[str, ...], value: float) -> None:
+        series = self.series[family]
+        counts = series.get(labels)
+        if counts is None:
+            counts = series[labels] = [0] * (len(family.buckets) + 1) + [0.0]
+        counts[bisect.bisect_left(family.buckets, value)] += 1  # le: value <= bound
+        counts[-1] += value
+
+    def collect(self) -> list[Metric]:
+        metrics: list[Metric] = []
+        for family in self.families:
+            metric: CounterMetricFamily | HistogramMetricFamily
+            if not family.buckets:
+                metric = CounterMetricFamily(family.name, family.doc, labels=family.labels)
+                for labels, value in self.series[family].items():
+                    metric.add_metric(labels, value)
+            else:
+                metric = HistogramMetricFamily(family.name, family.doc, labels=family.labels)
+                bounds = [*map(floatToGoString, family.buckets), "+Inf"]
+                for labels, counts in self.series[family].items():
+                    cumulative = list(itertools.accumulate(counts[:-1]))
+                    metric.add_metric(labels, list(zip(bounds, cumulative, strict=True)), counts[-1])
+            metrics.append(metric)
+        return metrics
+
+
 class Metrics:
     """The metrics of one Gatehouse process, in their own registry (not prometheus_client's global one)."""
 
@@ -133,122 +232,53 @@ class Metrics:
         self.exporter = exporter
         self.identity = identity
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        r = self.registry
-        Info("gatehouse_build", "Gatehouse version.", registry=r).info({"version": __version__})
-        self.requests = Counter(
-            "gatehouse_llm_requests",
-            "Calls through the Bridge, by provider instance, route, HTTP status and decision.",
-            ["provider", "route", "status", "decision"],
-            registry=r,
-        )
-        self.tokens = Counter(
-            "gatehouse_llm_tokens",
-            "Tokens reported by upstreams, by provider, model and type.",
-            ["provider", "model", "type"],
-            registry=r,
-        )
-        self.duration = Histogram(
-            "gatehouse_llm_request_duration_seconds",
-            "Time from receiving an LLM call to its last byte.",
-            ["provider", "route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "gatehouse_llm_time_to_first_token_seconds",
-            "Time from receiving a streamed LLM call to its first token.",
-            ["provider", "route"],
-            buckets=TTFT_BUCKETS,
-            registry=r,
-        )
-        self.denials = Counter(
-            "gatehouse_denials",
-            "Refused actions, by event kind and reason.",
-            ["kind", "reason"],
-            registry=r,
-        )
-        self.commit_seconds = Histogram(
-            "gatehouse_audit_commit_duration_seconds",
-            "Time to write one group commit of audit events.",
-            buckets=COMMIT_BUCKETS,
-            registry=r,
-        )
-        self.commit_events = Histogram(
-            "gatehouse_audit_commit_events",
-            "Events per group commit.",
-            buckets=BATCH_BUCKETS,
-            registry=r,
-        )
-        self.committed = Counter(
-            "gatehouse_audit_events_committed",
-            "Audit events committed by this process, by kind.",
-            ["kind"],
-            registry=r,
-        )
-        self.user_requests: Any = None
-        self.user_tokens: Any = None
-        if self.settings.per_user:
-            self.user_requests = Counter(
-                "gatehouse_llm_user_requests",
-                "LLM calls per user and agent (metrics.per_user).",
-                ["user", "agent", "decision"],
-                registry=r,
-            )
-            self.user_tokens = Counter(
-                "gatehouse_llm_user_tokens",
-                "Tokens per user and agent (metrics.per_user).",
-                ["user", "agent", "type"],
-                registry=r,
-            )
-        r.register(_LiveCollector(self))
+        Info("gatehouse_build", "Gatehouse version.", registry=self.registry).info({"version": __version__})
+        families = [REQUESTS, TOKENS, DURATION, TTFT, DENIALS, COMMIT_SECONDS, COMMIT_EVENTS, COMMITTED]
+        self.per_user = self.settings.per_user
+        if self.per_user:
+            families += [USER_REQUESTS, USER_TOKENS]
+        self._tally = _Tally(families)
+        self.registry.register(_TallyCollector(self))
+        self.registry.register(_LiveCollector(self))
         self._models = _Capped()
         self._reasons = _Capped()
         self._kinds = _Capped()
         self._providers = _Capped()
         self._lock = threading.Lock()
-        # prometheus_client validates labels on every `labels()` call; a labelled child never changes,
-        # so each one is looked up once and kept (label values are capped, so this stays small).
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # llm.request id -> (provider, route, model), until its llm.response arrives.
         self._pending: collections.OrderedDict[str, tuple[str, str, str | None]] = collections.OrderedDict()
 
     # -- the writer observer -------------------------------------------------------------------------
 
     def observer(self, events: Sequence[Event], seconds: float) -> None:
-        """An AuditWriter observer: called on the writer thread after each commit."""
-        self.commit_seconds.observe(seconds)
-        self.commit_events.observe(len(events))
+        """An AuditWriter observer: called after each commit (on the loop or the writer thread)."""
         with self._lock:
+            self._tally.observe(COMMIT_SECONDS, (), seconds)
+            self._tally.observe(COMMIT_EVENTS, (), len(events))
             for event in events:
                 try:
                     self._observe(event)
                 except Exception:  # a malformed event must not stop the metrics
                     log.exception("metrics: cannot read event %s", event.kind)
 
-    def _child(self, metric: Any, *values: str) -> Any:
-        key = (id(metric), values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*values)
-        return child
-
     def _observe(self, event: Event) -> None:
-        self._child(self.committed, self._kinds(label_value(event.kind))).inc()
-        details = event.details
+        tally = self._tally
         kind = event.kind
+        tally.add(COMMITTED, (self._kinds(label_value(kind)),))
+        details = event.details
         if kind == "llm.request":
             provider = self._providers(label_value(details.get("provider") or llm_provider(event.resource)))
             route = label_value(details.get("route"))
             if event.decision == "deny":
                 status = details.get("status")
-                self._child(self.requests, provider, route, label_value(status), "deny").inc()
+                tally.add(REQUESTS, (provider, route, label_value(status), "deny"))
                 reason = (
                     _STATUS_REASONS.get(status, f"status_{status}") if isinstance(status, int) else "denied"
                 )
                 policy = details.get("policy")
                 if isinstance(policy, dict) and policy.get("decision") == "deny":
                     reason = f"policy_{reason}"  # a template, limit or budget refused it
-                self._child(self.denials, kind, self._reasons(reason)).inc()
+                tally.add(DENIALS, (kind, self._reasons(reason)))
                 self._per_user(event, "deny", None)
             else:
                 self._pending[event.id] = (provider, route, details.get("model"))
@@ -261,51 +291,46 @@ class Metrics:
             else:
                 provider = self._providers(label_value(llm_provider(event.resource)))
                 route, requested_model = "unknown", None
-            status = label_value(details.get("status"))
-            self._child(self.requests, provider, route, status, event.decision).inc()
+            tally.add(REQUESTS, (provider, route, label_value(details.get("status")), event.decision))
             latency = details.get("latency_ms")
             if isinstance(latency, int | float):
-                self._child(self.duration, provider, route).observe(latency / 1000)
+                tally.observe(DURATION, (provider, route), latency / 1000)
             ttft = details.get("ttft_ms")
             if isinstance(ttft, int | float):
-                self._child(self.ttft, provider, route).observe(ttft / 1000)
+                tally.observe(TTFT, (provider, route), ttft / 1000)
             usage = details.get("usage") or {}
             model_text = details.get("model") or requested_model or llm_model(event.resource)
             model = self._models(label_value(model_text))
-            for token_type in TOKEN_TYPES:
-                count = usage.get(f"{token_type}_tokens")
+            for token_type, usage_key in _USAGE_KEYS:
+                count = usage.get(usage_key)
                 if isinstance(count, int) and count > 0:
-                    self._child(self.tokens, provider, model, token_type).inc(count)
+                    tally.add(TOKENS, (provider, model, token_type), count)
             self._per_user(event, event.decision, usage)
         elif kind == "llm.api":
             provider = self._providers(label_value(details.get("provider") or llm_provider(event.resource)))
-            self._child(
-                self.requests,
-                provider,
-                label_value(details.get("route")),
-                label_value(details.get("status")),
-                event.decision,
-            ).inc()
+            route = label_value(details.get("route"))
+            tally.add(REQUESTS, (provider, route, label_value(details.get("status")), event.decision))
         elif kind == "auth.failure":
             provider = self._providers(label_value(llm_provider(event.resource)))
-            self._child(self.requests, provider, label_value(details.get("route")), "401", "deny").inc()
-            self._child(self.denials, kind, self._reasons(label_value(details.get("reason"), "denied"))).inc()
+            tally.add(REQUESTS, (provider, label_value(details.get("route")), "401", "deny"))
+            tally.add(DENIALS, (kind, self._reasons(label_value(details.get("reason"), "denied"))))
         elif event.decision == "deny":
-            self._child(
-                self.denials,
-                self._kinds(label_value(kind)),
-                self._reasons(label_value(details.get("reason"), "denied")),
-            ).inc()
+            reason = self._reasons(label_value(details.get("reason"), "denied"))
+            tally.add(DENIALS, (self._kinds(label_value(kind)), reason))
 
     def _per_user(self, event: Event, decision: str, usage: Mapping[str, Any] | None) -> None:
-        if self.user_requests is None:
+        if not self.per_user:
             return
         user, agent = event.actor_user or "none", event.actor_agent or "none"
-        self._child(self.user_requests, user, agent, decision).inc()
-        for token_type in TOKEN_TYPES:
-            count = (usage or {}).get(f"{token_type}_tokens")
+        self._tally.add(USER_REQUESTS, (user, agent, decision))
+        for token_type, usage_key in _USAGE_KEYS:
+            count = (usage or {}).get(usage_key)
             if isinstance(count, int) and count > 0:
-                self._child(self.user_tokens, user, agent, token_type).inc(count)
+                self._tally.add(USER_TOKENS, (user, agent, token_type), count)
+
+    def collect_tally(self) -> list[Metric]:
+        with self._lock:
+            return self._tally.collect()
 
     # -- exposition ----------------------------------------------------------------------------------
 
@@ -335,6 +360,19 @@ class Metrics:
                 return None
             return web.Response(status=403, text=f"role {principal.role!r} may not read metrics\n")
         return web.Response(status=401, text="invalid token\n", headers=challenge)
+
+
+class _TallyCollector:
+    """The observer's counters and histograms, built when scraped."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.metrics.collect_tally()
 
 
 class _LiveCollector:

@@ -12,6 +12,7 @@ import pytest
 
 from gatehouse.audit import queries, retention, timemap
 from gatehouse.audit.events import Event
+from gatehouse.audit.projector import Projector
 from gatehouse.audit.queries import EventFilter, timeline
 from gatehouse.audit.settings import RetentionSettings
 from gatehouse.audit.writer import append_events
@@ -236,6 +237,61 @@ def test_entity_timelines_match_plain_sql_as_the_key_index_catches_up(
         )
     )
     assert [(r["key"], r["seq"]) for r in keys] == want
+
+
+def _expected_indexes(db: Database) -> tuple[list[tuple[str, int]], list[tuple[int, int, int]]]:
+    rows = db.query("SELECT * FROM events ORDER BY seq")
+    keys = sorted(
+        kv
+        for r in rows
+        for kv in timemap.keys_of(
+            r["seq"], r["session"], r["actor_agent"], r["actor_user"], r["on_behalf_of"], r["workspace"]
+        )
+    )
+    buckets: dict[int, tuple[int, int]] = {}
+    for r in rows:
+        lo, hi = buckets.get(timemap.bucket(r["ts"]), (r["seq"], r["seq"]))
+        buckets[timemap.bucket(r["ts"])] = (min(lo, r["seq"]), max(hi, r["seq"]))
+    return keys, sorted((b, lo, hi) for b, (lo, hi) in buckets.items())
+
+
+def _indexes(db: Database) -> tuple[list[tuple[str, int]], list[tuple[int, int, int]]]:
+    keys = [(r["key"], r["seq"]) for r in db.query("SELECT key, seq FROM event_keys ORDER BY key, seq")]
+    buckets = db.query("SELECT bucket, first_seq, last_seq FROM time_map ORDER BY bucket")
+    return keys, [(r["bucket"], r["first_seq"], r["last_seq"]) for r in buckets]
+
+
+def test_the_projectors_pass_builds_the_indexes_catch_up_would(db: Database) -> None:
+    """The projector indexes the events it reads for the derived tables, in its own batches; from a mark
+    a timeline's catch-up moved ahead of it, it indexes only what follows, once."""
+    rng = random.Random(8)
+    busy_log(db, rng)
+    timemap.catch_up(db, max_events=150)  # a timeline got there first
+    projector = Projector([timemap.project], batch=37)
+    assert projector.catch_up(db) == 400
+    assert timemap.marks(db) == (400, 400)
+    assert _indexes(db) == _expected_indexes(db)
+    busy_log(db, rng, 50)
+    projector.catch_up(db)
+    assert timemap.marks(db) == (450, 450)
+    assert _indexes(db) == _expected_indexes(db)
+
+
+def test_the_projectors_pass_leaves_gaps_to_catch_up(db: Database) -> None:
+    """Events the projector does not read (pruned ones) would leave a hole in the time map: the pass
+    stops short of them, and `catch_up` covers the rest exactly."""
+    rng = random.Random(9)
+    busy_log(db, rng, 100)
+    with db.transaction() as tx:  # as retention leaves them: blank, marked pruned
+        tx.execute(
+            "UPDATE events SET pruned_by = 1, session = NULL, actor_agent = NULL, actor_user = NULL,"
+            " on_behalf_of = NULL, workspace = NULL WHERE seq IN (40, 41)"
+        )
+    Projector([timemap.project], batch=30).catch_up(db)
+    assert timemap.marks(db) == (30, 100)  # the batch holding the gap, and all after it, left alone
+    timemap.catch_up(db)
+    assert timemap.marks(db) == (100, 100)
+    assert _indexes(db) == _expected_indexes(db)
 
 
 def test_pruned_events_leave_the_key_index(db: Database) -> None:

@@ -16,14 +16,18 @@ batch of thousands of events is indexed at once, in the projector process.
 Both share one mark, `time_map_state.seq`, the last event indexed: a reader covers the events after it,
 which neither index holds yet, by reading them directly (`Span.mapped`). Seq only grows and an event
 becomes visible only after every event before it (the chain's write lock orders commits), so nothing
-appears behind the mark later. Kept up to date by the projector process (or the writer process) every
-second, and by a timeline that finds them far behind.
+appears behind the mark later. Kept up to date by the projector's pass over new events (`project`, so
+they are read once for every derived table), by `catch_up` for whatever that pass does not cover (run
+beside it every second), and by a timeline that finds them far behind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from gatehouse.audit.events import Event
 from gatehouse.store.db import Database, Tx
 
 BUCKET_US = 600_000_000  # 10 minutes
@@ -164,29 +168,60 @@ def catch_up(db: Database, *, batch: int = _CATCH_UP_BATCH, max_events: int | No
         )
         if not rows:
             return done
-        bounds: dict[int, list[int]] = {}
-        keys: list[tuple[str, int]] = []
-        for seq, ts, session, agent, user, behalf, workspace in rows:
-            b = bucket(ts)
-            seen = bounds.get(b)
-            if seen is None:
-                bounds[b] = [seq, seq]
-            else:
-                seen[1] = seq  # rows come in seq order
-            keys += keys_of(seq, session, agent, user, behalf, workspace)
         with db.transaction(derived=True) as tx:
-            lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
-            now = tx.one(f"SELECT seq FROM time_map_state WHERE id = 1{lock}")
-            if now is None or int(now["seq"]) != mark:
+            if _mark(tx) != mark:
                 continue  # another pass got there first: read again from its mark
-            tx.executemany(_UPSERT, [(b, lo, hi) for b, (lo, hi) in bounds.items()])
-            keys.sort()  # in index order: each page of the index is visited once
-            tx.executemany(_KEYS_INSERT, keys)
-            tx.execute("UPDATE time_map_state SET seq = ? WHERE id = 1", (int(rows[-1][0]),))
+            _index(tx, rows)
         done += len(rows)
         if len(rows) < step:
             return done
     return done
+
+
+def project(tx: Tx, events: Sequence[Event]) -> None:
+    """A projection for the projector's pass, which has read the events already (`catch_up` would read
+    them again): index them if they continue the indexes exactly from the mark, with no event missing
+    (pruned ones are not read by the projector). Anything else, such as a map behind after an upgrade or
+    ahead after a timeline's catch-up, is `catch_up`'s to do (or already done)."""
+    mark = _mark(tx)
+    if mark is None:
+        return
+    fresh = [e for e in events if e.seq > mark]
+    if fresh and fresh[0].seq == mark + 1 and fresh[-1].seq - fresh[0].seq + 1 == len(fresh):
+        _index(
+            tx,
+            [
+                (e.seq, e.ts, e.session, e.actor_agent, e.actor_user, e.on_behalf_of, e.workspace)
+                for e in fresh
+            ],
+        )
+
+
+def _mark(tx: Tx) -> int | None:
+    """The indexes' mark, locked for the rest of the transaction (PostgreSQL; SQLite's derived-file lock is
+    already held)."""
+    lock = " FOR UPDATE" if tx.db.dialect == "postgresql" else ""
+    state = tx.one(f"SELECT seq FROM time_map_state WHERE id = 1{lock}")
+    return None if state is None else int(state["seq"])
+
+
+def _index(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
+    """Add events, given as (seq, ts, session, agent, user, on-behalf-of, workspace) in seq order right
+    after the mark, to both indexes and move the mark past them."""
+    bounds: dict[int, list[int]] = {}
+    keys: list[tuple[str, int]] = []
+    for seq, ts, session, agent, user, behalf, workspace in rows:
+        b = bucket(ts)
+        seen = bounds.get(b)
+        if seen is None:
+            bounds[b] = [seq, seq]
+        else:
+            seen[1] = seq  # rows come in seq order
+        keys += keys_of(seq, session, agent, user, behalf, workspace)
+    tx.executemany(_UPSERT, [(b, lo, hi) for b, (lo, hi) in bounds.items()])
+    keys.sort()  # in index order: each page of the index is visited once
+    tx.executemany(_KEYS_INSERT, keys)
+    tx.execute("UPDATE time_map_state SET seq = ? WHERE id = 1", (int(rows[-1][0]),))
 
 
 def step(db: Database, events: int = 2000) -> bool:
