@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
 import anthropic
 import openai
 import pytest
 
 from gatehouse.identity.service import Actor
 from gatehouse.policy.prices import Price, PriceBook, PriceService
-from gatehouse.policy.spend import SpendFilter, rebuild_spend, report_csv, spend_report
+from gatehouse.policy.spend import SpendFilter, SpendProjection, rebuild_spend, report_csv, spend_report
 from gatehouse.policy.teams import TeamService
 from gatehouse.store.db import Database
 from tests.gateway.conftest import Stack
@@ -115,3 +119,21 @@ def test_spend_is_derived_from_the_log_and_never_repriced(policy_stack: PolicySt
         == "user,calls,input_tokens,output_tokens,cache_read_tokens,cache_write_tokens,cost_usd,unpriced"
     )
     assert csv.splitlines()[1].startswith("alice,6,")
+
+
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Europe/Paris", "America/Sao_Paulo", "Australia/Lord_Howe", "Asia/Tehran"]
+)
+def test_the_day_of_a_call_in_the_configured_zone(zone: str) -> None:
+    """The projection keeps the bounds of the last day it looked up; across clock changes (including ones at
+    midnight, and half-hour ones) every answer is the zone's local date."""
+    projection = SpendProjection(zone)
+    rng = random.Random(zone)
+    start = int(datetime(2010, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
+    ts = start
+    for _ in range(20_000):
+        ts += rng.choice([1, 60_000_000, 3_600_000_000, 86_400_000_000, 12 * 3_600_000_000 + 17])
+        if rng.random() < 0.01:
+            ts = start + rng.randrange(20 * 365 * 86_400_000_000)
+        want = datetime.fromtimestamp(ts / 1_000_000, ZoneInfo(zone)).date().isoformat()
+        assert projection.day(ts) == want, ts

@@ -105,6 +105,8 @@ class Event:
 
 _ROW_NAMES = (*CHAINED_COLUMNS, "hash")
 ROW_COLUMNS = ", ".join(_ROW_NAMES)
+# Without the chain's two hashes, which derived tables never use: what a projector reads.
+CONTENT_COLUMNS = ", ".join(_ROW_NAMES[:-2])
 
 
 def event_from_row(row: Mapping[str, Any]) -> Event:
@@ -113,26 +115,28 @@ def event_from_row(row: Mapping[str, Any]) -> Event:
 
 
 def event_from_tuple(row: Sequence[Any]) -> Event:
-    """An event as stored, from a tuple of ROW_COLUMNS (see `Database.query_tuples`)."""
+    """An event as stored, from a tuple of ROW_COLUMNS or CONTENT_COLUMNS (see `Database.query_tuples`)."""
     seq, id_, ts, kind, user, agent, token, on_behalf_of, workspace, session, parent = row[:11]
-    decision, resource, details, prev_hash, hash_ = row[11:]
+    decision, resource, details = row[11:14]
+    prev_hash, hash_ = row[14:16] if len(row) > 14 else ("", "")
+    # Positional, in field order: a bulk read builds thousands of these.
     return Event(
-        kind=kind,
-        decision=decision,
-        details=_stored_details(details),
-        actor_user=user,
-        actor_agent=agent,
-        actor_token=token,
-        on_behalf_of=on_behalf_of,
-        workspace=workspace,
-        session=session,
-        parent=parent,
-        resource=resource,
-        id=id_,
-        ts=int(ts),
-        seq=int(seq),
-        prev_hash=prev_hash,
-        hash=hash_,
+        kind,
+        decision,
+        _stored_details(details),
+        user,
+        agent,
+        token,
+        on_behalf_of,
+        workspace,
+        session,
+        parent,
+        resource,
+        id_,
+        int(ts),
+        int(seq),
+        prev_hash,
+        hash_,
     )
 
 

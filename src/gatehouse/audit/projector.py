@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from aiohttp import web
 
 from gatehouse.audit import worker
-from gatehouse.audit.events import ROW_COLUMNS, Event, event_from_tuple
+from gatehouse.audit.events import CONTENT_COLUMNS, Event, event_from_tuple
 from gatehouse.store.db import Database, Tx
 
 # `(tx, events)`: add what `events` (in seq order, a contiguous part of the log) mean to derived tables.
@@ -79,7 +79,7 @@ class Projector:
             # Up to the head read first: every event up to it is committed, so none is skipped.
             step = self.batch if max_events is None else min(self.batch, max_events - done)
             rows = db.query_tuples(
-                f"SELECT {ROW_COLUMNS} FROM events WHERE seq > ? AND seq <= ? AND pruned_by IS NULL"
+                f"SELECT {CONTENT_COLUMNS} FROM events WHERE seq > ? AND seq <= ? AND pruned_by IS NULL"
                 " ORDER BY seq LIMIT ?",
                 (mark, head, step),
             )

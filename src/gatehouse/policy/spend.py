@@ -14,7 +14,7 @@ import io
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -39,6 +39,7 @@ class SpendProjection:
         self._version = -1
         self._pending: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._pending_limit = pending_limit
+        self._day: tuple[int, int, str] = (0, 0, "")  # [start, end) in us of the last day looked up
 
     def _prices(self, tx: Tx) -> PriceBook:
         row = tx.one("SELECT version FROM policy_state WHERE id = 1")
@@ -49,7 +50,19 @@ class SpendProjection:
         return self._book
 
     def day(self, ts_us: int) -> str:
-        return datetime.fromtimestamp(ts_us / 1_000_000, self.zone).date().isoformat()
+        """The local date of `ts_us` in the configured zone. Consecutive calls mostly fall on one day: its
+        bounds are kept, so most lookups are two comparisons."""
+        start, end, day = self._day
+        if start <= ts_us < end:
+            return day
+        moment = datetime.fromtimestamp(ts_us / 1_000_000, self.zone)
+        midnight = datetime.combine(moment.date(), time(), self.zone)
+        following = datetime.combine(moment.date() + timedelta(days=1), time(), self.zone)
+        start, end = _us(midnight), _us(following)
+        day = moment.date().isoformat()
+        if start <= ts_us < end:  # not so around a clock change that repeats an hour: no shortcut then
+            self._day = (start, end, day)
+        return day
 
     def __call__(self, tx: Tx, events: Sequence[Event]) -> None:
         book: PriceBook | None = None
@@ -101,6 +114,10 @@ class SpendProjection:
             cost,
             price.model if price else None,
         )
+
+
+def _us(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
 
 
 def _request_facts(event: Event) -> tuple[Any, ...]:
