@@ -488,11 +488,18 @@ class Bridge:
         return text
 
     def _event(
-        self, call: Interception, kind: str, decision: Any, details: dict[str, Any], parent: str | None
+        self,
+        call: Interception,
+        kind: str,
+        decision: Any,
+        details: dict[str, Any],
+        parent: str | None,
+        event_id: str,
     ) -> Event:
         p = call.principal
         model = call.facts.model if call.facts else None
         return Event(
+            id=event_id,
             kind=kind,
             decision=decision,
             actor_user=p.user_id,
@@ -533,9 +540,7 @@ class Bridge:
             details["request_bytes"] = len(body)
             if self.settings.capture is CapturePolicy.FULL:
                 details["request_body"] = body.decode("utf-8", "replace")
-        event = self._event(call, REQUEST, decision, details, call.parent)
-        event.id = call.id
-        return event
+        return self._event(call, REQUEST, decision, details, call.parent, call.id)  # the call's own id
 
     def _response_event(
         self, call: Interception, status: int, facts: ResponseFacts, error: str | None
@@ -562,7 +567,7 @@ class Bridge:
         for c in facts.tool_calls:
             self._remember_tool_call(c.id, call)
         call.usage = facts.usage
-        return self._event(call, RESPONSE, "error" if error else "allow", details, call.id)
+        return self._event(call, RESPONSE, "error" if error else "allow", details, call.id, new_id())
 
     def _remember_tool_call(self, tool_call_id: str, call: Interception) -> None:
         self._tool_calls[tool_call_id] = (call.id, call.session)
