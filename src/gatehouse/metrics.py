@@ -174,16 +174,24 @@ USER_TOKENS = _Family(
 )
 
 
+def _empty(family: _Family) -> Any:
+    """A series' starting value: 0 for a counter; for a histogram, a zero per bucket and +Inf, and the sum."""
+    return [0] * (len(family.buckets) + 1) + [0.0] if family.buckets else 0
+
+
 class _Tally:
     """The observed values of some families, as plain numbers. prometheus_client's metric objects take a
-    lock and validate labels on every update, which cost the serving loop more per event than the event's
-    own commit; here an update is a dict lookup and an addition, and the families are built when scraped.
-    The caller serialises updates and `collect` (`Metrics._lock`)."""
+    lock and validate labels on every update, a cost paid per event on the serving loop; here an update is
+    a dict lookup and an addition, and the families are built when scraped. The caller serialises updates
+    and `collect` (`Metrics._lock`)."""
 
     def __init__(self, families: Sequence[_Family]) -> None:
         self.families = tuple(families)
         # family -> label values -> count (counter) or [per-bucket counts..., +Inf count, sum] (histogram)
         self.series: dict[_Family, dict[tuple[str, ...], Any]] = {f: {} for f in families}
+        for family in families:
+            if not family.labels:  # a family without labels has its one series from the start, at zero
+                self.series[family][()] = _empty(family)
 
     def add(self, family: _Family, labels: tuple[str, ...], amount: float = 1) -> None:
         series = self.series[family]
@@ -193,7 +201,7 @@ class _Tally:
         series = self.series[family]
         counts = series.get(labels)
         if counts is None:
-            counts = series[labels] = [0] * (len(family.buckets) + 1) + [0.0]
+            counts = series[labels] = _empty(family)
         counts[bisect.bisect_left(family.buckets, value)] += 1  # le: value <= bound
         counts[-1] += value
 
