@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 
 import pytest
 
@@ -121,9 +122,8 @@ async def test_fail_open_keeps_events_and_writes_them_when_the_store_is_back(
         db.close()
 
 
-async def test_sqlite_batches_commit_on_the_event_loop(sqlite_url: str) -> None:
-    import threading
-
+def _writer_recording_commits(sqlite_url: str) -> tuple[Database, AuditWriter, list[tuple[int, int]]]:
+    """A started writer on a migrated store, and the (thread, events) of each commit it makes."""
     from gatehouse.store.migrations import migrate
 
     db = Database(sqlite_url)
@@ -133,6 +133,11 @@ async def test_sqlite_batches_commit_on_the_event_loop(sqlite_url: str) -> None:
         db, observers=[lambda evs, _s: committed_on.append((threading.get_ident(), len(evs)))]
     )
     writer.start()
+    return db, writer, committed_on
+
+
+async def test_sqlite_batches_commit_on_the_event_loop(sqlite_url: str) -> None:
+    db, writer, committed_on = _writer_recording_commits(sqlite_url)
     try:
         await asyncio.gather(*(writer.append(Event(kind="test.tick")) for _ in range(50)))
     finally:
@@ -149,17 +154,7 @@ async def test_a_short_lock_held_elsewhere_delays_the_inline_commit_not_hands_it
     """The inline commit retries on the loop while a checkpoint or another writer holds the lock briefly:
     the batch stays on the loop (no trip through the writer thread), and what is appended meanwhile
     joins it."""
-    import threading
-
-    from gatehouse.store.migrations import migrate
-
-    db = Database(sqlite_url)
-    migrate(db)
-    committed_on: list[tuple[int, int]] = []
-    writer = AuditWriter(
-        db, observers=[lambda evs, _s: committed_on.append((threading.get_ident(), len(evs)))]
-    )
-    writer.start()
+    db, writer, committed_on = _writer_recording_commits(sqlite_url)
     blocker = sqlite3.connect(db.path, isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")
@@ -216,7 +211,6 @@ def _verify_chain(db: Database) -> list[dict[str, object]]:
 
 async def test_the_writer_process_commits_and_projects_off_the_loop(db: Database) -> None:
     import os
-    import threading
 
     from gatehouse.audit.search import project_search_index
 
