@@ -7,11 +7,13 @@ import random
 import threading
 from typing import Any
 
+from gatehouse.audit import timemap, worker
 from gatehouse.audit.events import Event
 from gatehouse.audit.projector import Projector
 from gatehouse.audit.writer import append_events
 from gatehouse.bridge.projection import project_bridge_events
 from gatehouse.policy.spend import SpendProjection
+from gatehouse.server import derived_tables
 from gatehouse.store.db import Database
 
 DERIVED = ("interceptions", "sessions", "tool_calls", "spend")
@@ -181,3 +183,38 @@ async def test_acatch_up_reads_back_what_was_just_written(db: Database) -> None:
     assert not p.behind(db)
     assert await p.acatch_up(db) == 0
     assert len(db.query("SELECT id FROM interceptions")) == 5
+
+
+def test_between_commits_the_time_map_waits_for_the_projector_that_keeps_it(db: Database) -> None:
+    """The writer or projector process's housekeeping (`worker._run_tasks`): while the projector is
+    behind, the time map's own catch-up does not run ahead of it (it would read every event twice); the
+    projector's pass keeps the map, and once it is done the map's task has nothing left."""
+    derived = derived_tables("UTC")
+    derived.batch = 10
+    with db.transaction() as tx:
+        append_events(tx, calls(12, seed=11))  # 24 events: three batches
+    marks = []
+    while True:
+        behind = worker._run_tasks(db, [derived.step, timemap.step])
+        mapped, head = timemap.marks(db)
+        state = db.query_one("SELECT seq FROM projection_state WHERE name = 'derived'")
+        assert state is not None
+        marks.append((int(state["seq"]), mapped))
+        if not behind:
+            break
+    assert marks == [(10, 10), (20, 20), (head, head)]
+
+
+def test_a_failing_task_does_not_stop_the_next(db: Database) -> None:
+    ran: list[str] = []
+
+    def broken(_db: Database) -> bool:
+        ran.append("broken")
+        raise RuntimeError("store down")
+
+    def after(_db: Database) -> bool:
+        ran.append("after")
+        return False
+
+    assert worker._run_tasks(db, [broken, after]) is False
+    assert ran == ["broken", "after"]

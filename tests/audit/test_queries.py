@@ -161,6 +161,32 @@ def test_search_filters_and_pages_newest_first(db: Database, log: Log) -> None:
         search(db, " !!! ")
 
 
+def test_a_plain_response_has_no_document_but_one_with_an_error_has(db: Database) -> None:
+    """Its words would only repeat its request's kind and model: searching a model finds the requests.
+    Alike whether the projection indexed the events or a catch-up did."""
+
+    def call(prompt: str) -> list[Event]:
+        resource, model = "llm:anthropic/claude-opus-x", {"model": "claude-opus-x"}
+        request = Event(kind="llm.request", resource=resource, details={**model, "last_prompt": prompt})
+        plain = Event(kind="llm.response", resource=resource, parent=request.id, details=model)
+        failed = Event(
+            kind="llm.response",
+            resource=resource,
+            parent=request.id,
+            details={**model, "error": "overloaded"},
+        )
+        return [request, plain, failed]
+
+    projected, caught_up = call("first"), call("second")
+    with db.transaction() as tx:
+        append_events(tx, projected, [project_search_index])
+    with db.transaction() as tx:
+        append_events(tx, caught_up)
+    found = search(db, "claude-opus-x", EventFilter(kinds=("llm.*",)))
+    assert ids(found.events) == [e.id for e in (caught_up[2], caught_up[0], projected[2], projected[0])]
+    assert ids(search(db, "overloaded").events) == [caught_up[2].id, projected[2].id]
+
+
 def test_catch_up_indexes_events_written_without_the_projection(db: Database, log: Log) -> None:
     # Admin changes are appended by the services directly, without projections.
     IdentityService(db).create_user("zebediah", actor=Actor(name="test"))
