@@ -54,8 +54,7 @@ def normalize(text: str) -> str:
 def has_document(kind: str, details: dict[str, Any]) -> bool:
     """Has the event a document? All but an LLM response with neither tool calls nor an error: its words
     would be its kind, provider and model only, which its request's document holds too (and which the
-    timeline's filters select exactly). Half of the Bridge's events; skipping them saves the projector
-    about a tenth of its CPU."""
+    timeline's filters select exactly). Half of the Bridge's events."""
     return kind != "llm.response" or bool(details.get("tool_calls") or details.get("error"))
 
 

@@ -304,7 +304,7 @@ def serve(sock: socket.socket) -> None:
 def _run_tasks(db: Database, tasks: Sequence[Callable[[Database], bool]]) -> bool:
     """Run the tasks in order until one reports more to do; the rest wait for a pass that finds it done.
     The projector comes first and keeps the time map as it goes: run while it is behind, the map's own
-    catch-up raced ahead of it and read every event a second time (a sixth of the projector's CPU)."""
+    catch-up raced ahead of it and read every event a second time."""
     for task in tasks:
         try:
             if task(db):
