@@ -5,6 +5,7 @@ there before them."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
@@ -228,37 +229,52 @@ def test_entity_timelines_match_plain_sql_as_the_key_index_catches_up(
         assert timemap.marks(db) == (indexed, 400)
         for f in filters:
             assert paged(db, f) == plain(db, f), (indexed, f)
-    keys = db.query("SELECT key, seq FROM event_keys ORDER BY key, seq")
-    want = sorted(
-        (k, seq)
-        for r in db.query("SELECT * FROM events")
-        for k, seq in timemap.keys_of(
-            r["seq"], r["session"], r["actor_agent"], r["actor_user"], r["on_behalf_of"], r["workspace"]
-        )
-    )
-    assert [(r["key"], r["seq"]) for r in keys] == want
+    assert_runs_hold_each_keyed_event(db)
 
 
-def _expected_indexes(db: Database) -> tuple[list[tuple[str, int]], list[tuple[int, int, int]]]:
-    rows = db.query("SELECT * FROM events ORDER BY seq")
-    keys = sorted(
-        kv
-        for r in rows
-        for kv in timemap.keys_of(
-            r["seq"], r["session"], r["actor_agent"], r["actor_user"], r["on_behalf_of"], r["workspace"]
-        )
-    )
+def _keyed(db: Database) -> dict[str, list[int]]:
+    """Each key's events, in seq order, from the log."""
+    keyed: dict[str, list[int]] = {}
+    for r in db.query("SELECT * FROM events WHERE pruned_by IS NULL ORDER BY seq"):
+        for k in timemap.keys_of(
+            r["session"], r["actor_agent"], r["actor_user"], r["on_behalf_of"], r["workspace"]
+        ):
+            keyed.setdefault(k, []).append(int(r["seq"]))
+    return keyed
+
+
+def assert_runs_hold_each_keyed_event(db: Database, *, fresh: bool = True) -> None:
+    """The key index's runs hold every indexed event under each of its keys, each in one run; every run
+    starts and ends with an event of its key; fresh from indexing (not narrowed by pruning since), no run
+    skips more than RANGE_GAP seqs between two events of its key or spans more than RANGE_SPAN."""
+    mark = timemap.marks(db)[0]
+    runs: dict[str, list[tuple[int, int]]] = {}
+    for r in db.query("SELECT key, first_seq, last_seq FROM key_ranges ORDER BY key, first_seq"):
+        runs.setdefault(r["key"], []).append((int(r["first_seq"]), int(r["last_seq"])))
+    keyed = {k: [seq for seq in seqs if seq <= mark] for k, seqs in _keyed(db).items()}
+    assert set(runs) == {k for k, seqs in keyed.items() if seqs}
+    for k, spans in runs.items():
+        seqs = keyed[k]
+        held = [[seq for seq in seqs if first <= seq <= last] for first, last in spans]
+        assert sum(len(h) for h in held) == len(seqs), k  # every event in exactly one run (runs are disjoint)
+        for (first, last), h in zip(spans, held, strict=True):
+            assert h and h[0] == first and h[-1] == last, (k, first, last)
+            if fresh:
+                assert last - first < timemap.RANGE_SPAN
+                assert all(b - a <= timemap.RANGE_GAP for a, b in itertools.pairwise(h))
+
+
+def _expected_time_map(db: Database) -> list[tuple[int, int, int]]:
     buckets: dict[int, tuple[int, int]] = {}
-    for r in rows:
+    for r in db.query("SELECT * FROM events ORDER BY seq"):
         lo, hi = buckets.get(timemap.bucket(r["ts"]), (r["seq"], r["seq"]))
         buckets[timemap.bucket(r["ts"])] = (min(lo, r["seq"]), max(hi, r["seq"]))
-    return keys, sorted((b, lo, hi) for b, (lo, hi) in buckets.items())
+    return sorted((b, lo, hi) for b, (lo, hi) in buckets.items())
 
 
-def _indexes(db: Database) -> tuple[list[tuple[str, int]], list[tuple[int, int, int]]]:
-    keys = [(r["key"], r["seq"]) for r in db.query("SELECT key, seq FROM event_keys ORDER BY key, seq")]
+def _time_map(db: Database) -> list[tuple[int, int, int]]:
     buckets = db.query("SELECT bucket, first_seq, last_seq FROM time_map ORDER BY bucket")
-    return keys, [(r["bucket"], r["first_seq"], r["last_seq"]) for r in buckets]
+    return [(r["bucket"], r["first_seq"], r["last_seq"]) for r in buckets]
 
 
 def test_the_projectors_pass_builds_the_indexes_catch_up_would(db: Database) -> None:
@@ -270,11 +286,13 @@ def test_the_projectors_pass_builds_the_indexes_catch_up_would(db: Database) -> 
     projector = Projector([timemap.project], batch=37)
     assert projector.catch_up(db) == 400
     assert timemap.marks(db) == (400, 400)
-    assert _indexes(db) == _expected_indexes(db)
+    assert _time_map(db) == _expected_time_map(db)
+    assert_runs_hold_each_keyed_event(db)
     busy_log(db, rng, 50)
     projector.catch_up(db)
     assert timemap.marks(db) == (450, 450)
-    assert _indexes(db) == _expected_indexes(db)
+    assert _time_map(db) == _expected_time_map(db)
+    assert_runs_hold_each_keyed_event(db)
 
 
 def test_the_projectors_pass_leaves_gaps_to_catch_up(db: Database) -> None:
@@ -291,35 +309,31 @@ def test_the_projectors_pass_leaves_gaps_to_catch_up(db: Database) -> None:
     assert timemap.marks(db) == (30, 100)  # the batch holding the gap, and all after it, left alone
     timemap.catch_up(db)
     assert timemap.marks(db) == (100, 100)
-    assert _indexes(db) == _expected_indexes(db)
+    assert _time_map(db) == _expected_time_map(db)
+    assert_runs_hold_each_keyed_event(db)
 
 
 def test_pruned_events_leave_the_key_index(db: Database) -> None:
     rng = random.Random(6)
     busy_log(db, rng, 100)
     timemap.catch_up(db)
-    before = db.query_one("SELECT count(*) AS n FROM event_keys")
-    assert before is not None and before["n"] > 100
+    before = db.query_one("SELECT count(*) AS n FROM key_ranges")
+    assert before is not None and before["n"] > 10
     now = T0 + 100 * MINUTE + 30 * 86_400_000_000
     report = retention.prune(db, RetentionSettings(default_days=30, compact=False), now)
     assert report.pruned > 0
-    left = {int(r["seq"]) for r in db.query("SELECT seq FROM event_keys")}
-    pruned = {int(r["seq"]) for r in db.query("SELECT seq FROM events WHERE pruned_by IS NOT NULL")}
-    assert pruned and not left & pruned
-    unpruned = db.query_tuples(
-        "SELECT seq, session, actor_agent, actor_user, on_behalf_of, workspace FROM events"
-        " WHERE pruned_by IS NULL"
-    )
-    assert left == {seq for seq, *columns in unpruned if timemap.keys_of(seq, *columns)}
+    # Runs narrowed to the events left under their key, or gone: none starts or ends at a pruned event.
+    assert_runs_hold_each_keyed_event(db, fresh=False)
+    after = db.query_one("SELECT count(*) AS n FROM key_ranges")
+    assert after is not None and after["n"] < before["n"]
 
 
 def test_migration_fills_the_key_index_and_drops_the_indexes_on_events(db: Database) -> None:
     rng = random.Random(7)
     busy_log(db, rng)
     timemap.catch_up(db)
-    built = db.query("SELECT key, seq FROM event_keys ORDER BY key, seq")
     with db.transaction() as tx:  # the store as m0009 left it
-        tx.execute("DROP TABLE event_keys")
+        tx.execute("DROP TABLE key_ranges")
         for name, columns in [
             ("events_ts", "ts"),
             ("events_session", "session, seq"),
@@ -329,9 +343,12 @@ def test_migration_fills_the_key_index_and_drops_the_indexes_on_events(db: Datab
             ("events_workspace", "workspace, seq"),
         ]:
             tx.execute(f"CREATE INDEX {name} ON events ({columns})")
-        tx.execute("DELETE FROM schema_migrations WHERE version = 10")
-    assert migrate(db) == [10]
-    assert db.query("SELECT key, seq FROM event_keys ORDER BY key, seq") == built
+        tx.execute("DELETE FROM schema_migrations WHERE version >= 10")
+    assert migrate(db) == [10, 11]
+    # m0010 indexed each event under each key, m0011 made each of those rows a run of one event.
+    assert_runs_hold_each_keyed_event(db)
+    runs = db.query_one("SELECT count(*) AS n FROM key_ranges WHERE first_seq = last_seq")
+    assert runs is not None and runs["n"] == sum(len(seqs) for seqs in _keyed(db).values())
     assert _indexes_on_events(db) == 1  # only the one that keeps ids unique
 
 

@@ -72,28 +72,51 @@ def timeline(db: Database, f: EventFilter) -> Page:
     key = _index_key(f)
     rows: list[Row] = []
     for first, last, indexed in _seq_ranges(db, f):  # disjoint and in seq order: stop once the page is full
-        # Up to the indexes' mark, the key index lists the entity's events; after it, the few events not
-        # indexed yet are read directly. The filter's conditions hold either way (a key row can outlive
-        # what it indexed: an event pruned while it was being indexed).
-        bounds: list[str] = []
-        values: list[Any] = []
+        # Up to the indexes' mark, the key index gives the runs of seq that hold the entity's events; after
+        # it, the few events not indexed yet are read directly. The filter's conditions pick the entity's
+        # events out of a run (and hold either way: a run can outlive what it indexed, pruned events).
+        if after is not None:
+            first = after + 1 if first is None else max(first, after + 1)
         if key is not None and indexed:
-            seq, source = "k.seq", "event_keys k JOIN events e ON e.seq = k.seq"
-            bounds.append("k.key = ?")
-            values.append(key)
+            sql, values = _runs_query(db, key, first, last, where)
         else:
-            seq, source = "e.seq", "events e"
-        for op, value in ((">=", first), ("<=", last), (">", after)):
-            if value is not None:
-                bounds.append(f"{seq} {op} ?")
-                values.append(value)
-        rows += db.query(
-            f"SELECT {_EVENT_SELECT} FROM {source}{_NAMES}{_where(bounds + where)} ORDER BY {seq} LIMIT ?",
-            [*values, *params, limit + 1 - len(rows)],
-        )
+            bounds = [f"e.seq {op} ?" for op, v in ((">=", first), ("<=", last)) if v is not None]
+            values = [v for v in (first, last) if v is not None]
+            sql = f"SELECT {_EVENT_SELECT} FROM events e{_NAMES}{_where(bounds + where)} ORDER BY e.seq"
+            sql += " LIMIT ?"
+        rows += db.query(sql, [*values, *params, limit + 1 - len(rows)])
         if len(rows) > limit:
             break
     return _page(rows, limit)
+
+
+def _runs_query(
+    db: Database, key: str, low: int | None, high: int | None, where: list[str]
+) -> tuple[str, list[Any]]:
+    """A page's events from the key index's runs of `key` (gatehouse.audit.timemap) between seq `low` and
+    `high` (None: open), in order: the SQL and its values up to the filter's own (`where`). A run starts
+    at most RANGE_SPAN seqs before the events it holds, so the index is read from there on."""
+    greatest, least = ("max", "min") if db.dialect == "sqlite" else ("GREATEST", "LEAST")
+    # Each bound of e.seq as one expression: the planner reads a run's events as one rowid range.
+    start, end = "k.first_seq", "k.last_seq"
+    join_values: list[Any] = []
+    runs = ["k.key = ?"]
+    run_values: list[Any] = [key]
+    if low is not None:
+        start = f"{greatest}(k.first_seq, ?)"
+        join_values.append(low)
+        runs += ["k.first_seq > ?", "k.last_seq >= ?"]
+        run_values += [low - timemap.RANGE_SPAN, low]
+    if high is not None:
+        end = f"{least}(k.last_seq, ?)"
+        join_values.append(high)
+        runs.append("k.first_seq <= ?")
+        run_values.append(high)
+    sql = (
+        f"SELECT {_EVENT_SELECT} FROM key_ranges k JOIN events e ON e.seq >= {start} AND e.seq <= {end}"
+        f"{_NAMES}{_where(runs + where)} ORDER BY k.first_seq, e.seq LIMIT ?"
+    )
+    return sql, [*join_values, *run_values]
 
 
 def search(db: Database, query: str, f: EventFilter | None = None, *, catch_up_index: bool = True) -> Page:

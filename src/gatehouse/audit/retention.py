@@ -343,14 +343,16 @@ def _drop_derived(tx: Tx, rows: Sequence[Row], derived: Counter[str]) -> None:
         )
     for session in sorted(sessions):
         derived[_rebuild_session(tx, session)] += 1
-    keys = [
-        k
-        for r in rows
-        for k in timemap.keys_of(
-            r["seq"], r["session"], r["actor_agent"], r["actor_user"], r["on_behalf_of"], r["workspace"]
-        )
-    ]
-    tx.executemany("DELETE FROM event_keys WHERE key = ? AND seq = ?", keys)
+    timemap.unindex(
+        tx,
+        [
+            (k, int(r["seq"]))
+            for r in rows
+            for k in timemap.keys_of(
+                r["session"], r["actor_agent"], r["actor_user"], r["on_behalf_of"], r["workspace"]
+            )
+        ],
+    )
     column = "rowid" if tx.db.dialect == "sqlite" else "seq"
     for chunk in _chunks([int(r["seq"]) for r in rows]):
         tx.execute(f"DELETE FROM audit_search WHERE {column} IN ({_marks(chunk)})", chunk)
