@@ -13,11 +13,11 @@ last_seq) rows, where the keys are `s:<session>`, `a:<agent>`, `u:<user>` (as ac
 `w:<workspace>` (`key()`). A run's first and last events have the key, and so does at least one event in
 every RANGE_GAP in between; a run spans at most RANGE_SPAN seqs. A reader scans the runs' events and keeps
 those that match, so it reads at most RANGE_GAP events per match, and exactly the matches for an entity
-whose events are far apart. Like a BRIN index, it is small where one row per event would be large: a busy
-agent or user, present in most events, has one row per batch instead of one per event (one row per event
-and key cost the projector 6.4 us per event, the runs 1.8, bench/audit.py). It replaced six secondary
-indexes on `events` (m0010, m0011), which every commit on the request path had to maintain: here a batch
-of thousands of events is indexed at once, in the projector process.
+whose events are far apart. Like a BRIN index, it is small where one row per event would be large: a
+busy agent or user, present in most events, has one row per batch instead of one per event (one row per
+event and key cost the projector 6.4 us per event, the runs 1.5: docs/benchmarks.md, session 8). It
+replaced six secondary indexes on `events` (m0010, m0011), which every commit on the request path had to
+maintain: here a batch of thousands of events is indexed at once, in the projector process.
 
 Both share one mark, `time_map_state.seq`, the last event indexed: a reader covers the events after it,
 which neither index holds yet, by reading them directly (`Span.mapped`). Seq only grows and an event
@@ -137,7 +137,11 @@ def keys_of(
     return keys
 
 
-_KEY_COLUMNS = {"s:": "session = ?", "a:": "actor_agent = ?", "w:": "workspace = ?"}
+_KEY_COLUMNS = {
+    KEY_PREFIXES["session"]: "session = ?",
+    KEY_PREFIXES["agent"]: "actor_agent = ?",
+    KEY_PREFIXES["workspace"]: "workspace = ?",
+}
 _USER_COLUMNS = "(actor_user = ? OR on_behalf_of = ?)"
 
 
