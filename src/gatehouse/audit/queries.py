@@ -82,8 +82,8 @@ def timeline(db: Database, f: EventFilter) -> Page:
         else:
             bounds = [f"e.seq {op} ?" for op, v in ((">=", first), ("<=", last)) if v is not None]
             values = [v for v in (first, last) if v is not None]
-            sql = f"SELECT {_EVENT_SELECT} FROM events e{_NAMES}{_where(bounds + where)} ORDER BY e.seq"
-            sql += " LIMIT ?"
+            condition = _where(bounds + where)
+            sql = f"SELECT {_EVENT_SELECT} FROM events e{_NAMES}{condition} ORDER BY e.seq LIMIT ?"
         rows += db.query(sql, [*values, *params, limit + 1 - len(rows)])
         if len(rows) > limit:
             break
