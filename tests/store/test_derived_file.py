@@ -121,3 +121,30 @@ def test_a_lost_derived_file_comes_back_empty_and_is_rebuilt_from_the_log(sqlite
         ]
     finally:
         db.close()
+
+
+def test_a_derived_file_lost_before_the_key_index_upgrade_comes_back_with_runs(sqlite_url: str) -> None:
+    """Migration 11 copies the per-event key index into runs; with no derived file there is nothing to
+    copy, and the file comes back empty with the runs table, which the projector then fills."""
+    from gatehouse.server import derived_tables
+
+    db = Database(sqlite_url)
+    migrate(db)
+    with db.transaction() as tx:
+        append_events(tx, [Event(kind="test.one", session="s-1"), Event(kind="test.two", session="s-1")])
+        tx.execute("DELETE FROM schema_migrations WHERE version = 11")  # the store before the upgrade
+    db.close()
+    Path(sqlite_url.removeprefix("sqlite:///")).with_name("gatehouse.derived.db").unlink()
+
+    db = Database(sqlite_url)
+    try:
+        assert migrate(db) == [11]
+        assert db.query(
+            "SELECT name FROM derived.sqlite_master WHERE name IN ('event_keys', 'key_ranges')"
+        ) == [{"name": "key_ranges"}]
+        derived_tables("UTC").catch_up(db)
+        assert db.query("SELECT key, first_seq, last_seq FROM key_ranges") == [
+            {"key": "s:s-1", "first_seq": 1, "last_seq": 2}
+        ]
+    finally:
+        db.close()
