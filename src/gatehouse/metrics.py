@@ -65,6 +65,8 @@ _STATUS_REASONS = {
 }
 _MAX_LABEL_VALUES = 200
 _PENDING_REQUESTS = 50_000
+_CACHED_LABELS = 4096
+_NUMBER = (int, float)  # a tuple: `int | float` in isinstance builds a union on every call
 
 
 class MetricsSettings(BaseModel):
@@ -179,6 +181,15 @@ def _empty(family: _Family) -> Any:
     return [0] * (len(family.buckets) + 1) + [0.0] if family.buckets else 0
 
 
+@dataclass(frozen=True, slots=True)
+class _CallLabels:
+    """The label values of an answered LLM call's series."""
+
+    requests: tuple[str, str, str, str]  # provider, route, status, decision
+    timing: tuple[str, str]  # provider, route
+    tokens: tuple[tuple[tuple[str, str, str], str], ...]  # (provider, model, type), usage key: per type
+
+
 class _Tally:
     """The observed values of some families, as plain numbers. prometheus_client's metric objects take a
     lock and validate labels on every update, a cost paid per event on the serving loop; here an update is
@@ -253,8 +264,12 @@ class Metrics:
         self._kinds = _Capped()
         self._providers = _Capped()
         self._lock = threading.Lock()
-        # llm.request id -> (provider, route, model), until its llm.response arrives.
-        self._pending: collections.OrderedDict[str, tuple[str, str, str | None]] = collections.OrderedDict()
+        # llm.request id -> (provider, route, model) as the request gave them, until its llm.response arrives.
+        self._pending: collections.OrderedDict[str, tuple[Any, Any, Any]] = collections.OrderedDict()
+        # What an event's labels are, computed once per distinct source: label cleaning, capping and tuple
+        # building cost more than the counting itself, and nearly every event repeats an earlier one's.
+        self._kind_labels: dict[str, tuple[str]] = {}
+        self._call_labels: dict[tuple[Any, ...], _CallLabels] = {}
 
     # -- the writer observer -------------------------------------------------------------------------
 
@@ -272,12 +287,20 @@ class Metrics:
     def _observe(self, event: Event) -> None:
         tally = self._tally
         kind = event.kind
-        tally.add(COMMITTED, (self._kinds(label_value(kind)),))
+        labels = self._kind_labels.get(kind)
+        if labels is None:
+            labels = (self._kinds(label_value(kind)),)
+            if len(self._kind_labels) < _CACHED_LABELS:
+                self._kind_labels[kind] = labels
+        committed = tally.series[COMMITTED]
+        committed[labels] = committed.get(labels, 0) + 1
         details = event.details
         if kind == "llm.request":
-            provider = self._providers(label_value(details.get("provider") or llm_provider(event.resource)))
-            route = label_value(details.get("route"))
             if event.decision == "deny":
+                provider = self._providers(
+                    label_value(details.get("provider") or llm_provider(event.resource))
+                )
+                route = label_value(details.get("route"))
                 status = details.get("status")
                 tally.add(REQUESTS, (provider, route, label_value(status), "deny"))
                 reason = (
@@ -289,30 +312,31 @@ class Metrics:
                 tally.add(DENIALS, (kind, self._reasons(reason)))
                 self._per_user(event, "deny", None)
             else:
-                self._pending[event.id] = (provider, route, details.get("model"))
+                provider_text = details.get("provider") or llm_provider(event.resource)
+                self._pending[event.id] = (provider_text, details.get("route"), details.get("model"))
                 if len(self._pending) > _PENDING_REQUESTS:
                     self._pending.popitem(last=False)
         elif kind == "llm.response":
-            pending = self._pending.pop(event.parent or "", None)
-            if pending is not None:
-                provider, route, requested_model = pending
-            else:
-                provider = self._providers(label_value(llm_provider(event.resource)))
-                route, requested_model = "unknown", None
-            tally.add(REQUESTS, (provider, route, label_value(details.get("status")), event.decision))
+            key = (
+                self._pending.pop(event.parent or "", None),
+                event.resource,
+                details.get("status"),
+                event.decision,
+                details.get("model"),
+            )
+            call = self._call_labels.get(key) or self._labels_of_call(key)
+            tally.add(REQUESTS, call.requests)
             latency = details.get("latency_ms")
-            if isinstance(latency, int | float):
-                tally.observe(DURATION, (provider, route), latency / 1000)
+            if isinstance(latency, _NUMBER):
+                tally.observe(DURATION, call.timing, latency / 1000)
             ttft = details.get("ttft_ms")
-            if isinstance(ttft, int | float):
-                tally.observe(TTFT, (provider, route), ttft / 1000)
+            if isinstance(ttft, _NUMBER):
+                tally.observe(TTFT, call.timing, ttft / 1000)
             usage = details.get("usage") or {}
-            model_text = details.get("model") or requested_model or llm_model(event.resource)
-            model = self._models(label_value(model_text))
-            for token_type, usage_key in _USAGE_KEYS:
+            for token_labels, usage_key in call.tokens:
                 count = usage.get(usage_key)
                 if isinstance(count, int) and count > 0:
-                    tally.add(TOKENS, (provider, model, token_type), count)
+                    tally.add(TOKENS, token_labels, count)
             self._per_user(event, event.decision, usage)
         elif kind == "llm.api":
             provider = self._providers(label_value(details.get("provider") or llm_provider(event.resource)))
@@ -325,6 +349,27 @@ class Metrics:
         elif event.decision == "deny":
             reason = self._reasons(label_value(details.get("reason"), "denied"))
             tally.add(DENIALS, (self._kinds(label_value(kind)), reason))
+
+    def _labels_of_call(self, key: tuple[Any, ...]) -> _CallLabels:
+        """The labels of an answered call: (its request's provider, route and model, or None if this process
+        did not see the request; the response's resource, status, decision and model)."""
+        request, resource, status, decision, answered_model = key
+        if request is not None:
+            provider_text, route_text, requested_model = request
+            provider, route = self._providers(label_value(provider_text)), label_value(route_text)
+        else:
+            provider, route = self._providers(label_value(llm_provider(resource))), "unknown"
+            requested_model = None
+        model = self._models(label_value(answered_model or requested_model or llm_model(resource)))
+        call = _CallLabels(
+            (provider, route, label_value(status), decision),
+            (provider, route),
+            tuple(((provider, model, token_type), usage_key) for token_type, usage_key in _USAGE_KEYS),
+        )
+        if len(self._call_labels) >= _CACHED_LABELS:
+            self._call_labels.clear()
+        self._call_labels[key] = call
+        return call
 
     def _per_user(self, event: Event, decision: str, usage: Mapping[str, Any] | None) -> None:
         if not self.per_user:

@@ -76,3 +76,80 @@ def test_bad_input_is_refused_clearly(ids: IdentityService) -> None:
         ids.create_token(user="bob", agent="ci-bot", actor=OPERATOR)
     with pytest.raises(NotFound):
         ids.revoke_token("gth_nothere", actor=OPERATOR)
+
+
+async def test_a_token_looked_up_once_is_not_joined_again_until_identity_changes(
+    ids: IdentityService, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, secret = ids.create_token(user="alice", agent="ci-bot", actor=OPERATOR)
+    await ids.authenticate(secret)
+    lookups: list[str] = []
+    read = db.aquery_one
+
+    async def counted(query: str, params: tuple[object, ...] = ()) -> object:
+        lookups.append(query)
+        return await read(query, params)
+
+    monkeypatch.setattr(db, "aquery_one", counted)
+    await ids.authenticate(secret)
+    await ids.authenticate(secret)
+    assert not any("FROM tokens" in q for q in lookups)  # only the version row was read
+    with db.transaction() as tx:  # last-used bookkeeping is not a change that matters
+        tx.execute("UPDATE tokens SET last_used_at = 1")
+    await ids.authenticate(secret)
+    assert not any("FROM tokens" in q for q in lookups)
+    with db.transaction() as tx:
+        tx.execute("UPDATE users SET email = 'a@example.com'")
+    await ids.authenticate(secret)
+    assert sum("FROM tokens" in q for q in lookups) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("UPDATE tokens SET revoked_at = 1", "revoked"),
+        ("UPDATE tokens SET expires_at = 1", "expired"),
+        ("DELETE FROM tokens", "unknown"),
+        ("UPDATE users SET disabled_at = 1", "disabled"),
+        ("UPDATE agents SET disabled_at = 1", "disabled"),
+    ],
+)
+async def test_a_change_from_another_process_reaches_a_kept_lookup(
+    ids: IdentityService, db_url: str, change: str, reason: str
+) -> None:
+    _, secret = ids.create_token(user="alice", agent="ci-bot", actor=OPERATOR)
+    await ids.authenticate(secret)
+    other = Database(db_url)  # the CLI, or another replica: its own connection, no word to this service
+    try:
+        with other.transaction() as tx:
+            tx.execute(change)
+    finally:
+        other.close()
+    with pytest.raises(AuthError, match=reason):
+        await ids.authenticate(secret)
+
+
+async def test_team_template_and_policy_version_are_current_for_a_kept_lookup(
+    ids: IdentityService, db: Database
+) -> None:
+    _, secret = ids.create_token(user="alice", agent="ci-bot", actor=OPERATOR)
+    first = await ids.authenticate(secret)
+    assert (first.team_id, first.template) == (None, None)
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO teams (id, name, created_at) VALUES ('t1', 'platform', 0)")
+        tx.execute(
+            "INSERT INTO team_members (user_id, team_id, added_at) VALUES (?, 't1', 0)", (first.user_id,)
+        )
+        tx.execute("UPDATE tokens SET template = 'readonly'")
+        tx.execute("UPDATE policy_state SET version = version + 1")
+    now = await ids.authenticate(secret)
+    assert (now.team_id, now.template, now.policy_version) == ("t1", "readonly", first.policy_version + 1)
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO agent_teams (agent_id, team_id, added_at) VALUES (?, 't1', 0)", (first.agent_id,)
+        )
+        tx.execute("DELETE FROM team_members")
+    assert (await ids.authenticate(secret)).team_id == "t1"  # now through the agent
+    with db.transaction() as tx:
+        tx.execute("DELETE FROM agent_teams")
+    assert (await ids.authenticate(secret)).team_id is None
