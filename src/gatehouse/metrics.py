@@ -325,7 +325,9 @@ class Metrics:
                 details.get("model"),
             )
             call = self._call_labels.get(key) or self._labels_of_call(key)
-            tally.add(REQUESTS, call.requests)
+            series = tally.series
+            requests = series[REQUESTS]
+            requests[call.requests] = requests.get(call.requests, 0) + 1
             latency = details.get("latency_ms")
             if isinstance(latency, _NUMBER):
                 tally.observe(DURATION, call.timing, latency / 1000)
@@ -333,11 +335,13 @@ class Metrics:
             if isinstance(ttft, _NUMBER):
                 tally.observe(TTFT, call.timing, ttft / 1000)
             usage = details.get("usage") or {}
+            tokens = series[TOKENS]
             for token_labels, usage_key in call.tokens:
                 count = usage.get(usage_key)
-                if isinstance(count, int) and count > 0:
-                    tally.add(TOKENS, token_labels, count)
-            self._per_user(event, event.decision, usage)
+                if count and isinstance(count, int) and count > 0:
+                    tokens[token_labels] = tokens.get(token_labels, 0) + count
+            if self.per_user:
+                self._per_user(event, event.decision, usage)
         elif kind == "llm.api":
             provider = self._providers(label_value(details.get("provider") or llm_provider(event.resource)))
             route = label_value(details.get("route"))
