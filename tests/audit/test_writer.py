@@ -268,6 +268,46 @@ async def test_a_killed_writer_process_loses_nothing(sqlite_url: str) -> None:
     db.close()
 
 
+async def test_a_batch_committed_by_a_process_that_died_before_answering_is_not_written_twice(
+    db: Database,
+) -> None:
+    """The process commits, then dies before its acknowledgement is read: the batch is in the log, and
+    its callers must hear so, not get a second copy of their events or a refusal."""
+    import signal
+
+    writer = AuditWriter(db, process=True)
+    writer.start()
+    try:
+        await writer.append(Event(kind="test.before"))
+        link = writer._link
+        assert link is not None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(link._fd)  # acknowledgements pile up unread in the socket
+        events = [Event(kind="test.committed", details={"n": i}) for i in range(20)]
+        waiting = [asyncio.ensure_future(writer.append(e)) for e in events]
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if len(db.query("SELECT seq FROM events WHERE kind = 'test.committed'")) == 20:
+                break
+        link._sock.setblocking(True)
+        link._sock.settimeout(5)
+        assert link._sock.recv(1 << 20)  # the acknowledgements, lost with the process that sent them
+        link._sock.setblocking(False)
+        link.process.send_signal(signal.SIGKILL)
+        link.process.wait(5)
+        loop.add_reader(link._fd, link._readable)  # the server now learns that the process is gone
+        await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        assert writer._link is None and writer.healthy
+        await writer.append(Event(kind="test.after"))
+    finally:
+        writer.close()
+    rows = _verify_chain(db)
+    assert [r["kind"] for r in rows] == ["test.before", *["test.committed"] * 20, "test.after"]
+    by_id = {r["id"]: r for r in rows}
+    assert all(e.seq == by_id[e.id]["seq"] and e.hash == by_id[e.id]["hash"] for e in events)
+    assert not db.query("SELECT seq FROM events WHERE kind = 'audit.gap'")
+
+
 async def test_close_drains_what_nobody_awaited(sqlite_url: str) -> None:
     from gatehouse.store.migrations import migrate
 

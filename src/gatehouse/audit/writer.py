@@ -17,7 +17,10 @@ through another thread, which would also fight the loop for the GIL). Everything
 writer thread: appends from other threads or loops, PostgreSQL batches without the process (the commit
 waits on the network), and every batch the fast paths could not commit (the store fails, the process
 died, or the write lock stayed taken elsewhere for longer than `_BUSY_PATIENCE_S`: a briefly taken lock is
-retried on the loop): the thread waits, retries and applies the failure policy.
+retried on the loop): the thread waits, retries and applies the failure policy. A batch the writer
+process never acknowledged before it died may have committed all the same (the death fell between commit
+and acknowledgement): the thread first looks its events up by id and gives those found their place in the
+chain back instead of appending them twice.
 
 If the store fails, `append` raises `AuditUnavailable` (fail closed) unless the writer runs fail-open, in
 which case events are kept in a bounded buffer and retried, and an `audit.gap` event records what passed
@@ -67,6 +70,12 @@ _FLUSH_TURNS = 3
 # it needs it.
 _BUSY_RETRY_S = 0.001
 _BUSY_PATIENCE_S = 0.25
+
+
+# An event for the writer thread: the events, what their caller awaits (None: nobody), and whether a writer
+# process may have committed them before it died.
+_Item = tuple[Sequence[Event], Future[None] | None, bool]
+_ID_CHUNK = 500
 
 
 class AuditUnavailable(Exception):
@@ -140,9 +149,7 @@ class AuditWriter:
         self.projections = tuple(projections)
         self.max_batch = max_batch
         self.fail_open = fail_open
-        self._queue: queue.SimpleQueue[tuple[Sequence[Event], Future[None] | None] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._retry: collections.deque[Event] = collections.deque(maxlen=retry_buffer)
         self._gap: _Gap | None = None
         self._thread: threading.Thread | None = None
@@ -198,7 +205,7 @@ class AuditWriter:
             self._flush_inline()
         if self._link is not None:
             for batch in self._link.close(timeout):  # the process died holding them: the thread writes them
-                self._batch_refused(batch, "the writer process exited")
+                self._batch_refused(batch, "the writer process exited", maybe_written=True)
             self._link = None
         if self._thread is not None:
             self._queue.put(None)
@@ -226,7 +233,7 @@ class AuditWriter:
             await waiter
             return
         future: Future[None] = Future()
-        self._queue.put((events, future))
+        self._queue.put((events, future, False))
         await asyncio.wrap_future(future)
 
     def append_nowait(self, *events: Event) -> None:
@@ -239,12 +246,12 @@ class AuditWriter:
             self._pending.append((events, None))
             self._schedule_flush(loop)
         else:
-            self._queue.put((events, None))
+            self._queue.put((events, None, False))
 
     def append_sync(self, *events: Event, timeout: float = 30.0) -> None:
         """For callers outside any event loop (threads, scripts): return once `events` are durable."""
         future: Future[None] = Future()
-        self._queue.put((events, future))
+        self._queue.put((events, future, False))
         future.result(timeout)
 
     # -- the event-loop path (SQLite) ----------------------------------------------------------------
@@ -331,14 +338,15 @@ class AuditWriter:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    def _batch_refused(self, batch: worker.Batch, _reason: str) -> None:
-        """The fast path could not commit `batch`: the thread retries it under the failure policy."""
+    def _batch_refused(self, batch: worker.Batch, _reason: str, *, maybe_written: bool = False) -> None:
+        """The fast path could not commit `batch`: the thread retries it under the failure policy.
+        `maybe_written`: the writer process died before acknowledging it, perhaps after its commit."""
         for events, waiter in batch:
             if waiter is None or waiter.done() or waiter.get_loop().is_closed():
-                self._queue.put((events, None))
+                self._queue.put((events, None, maybe_written))
                 continue
             future: Future[None] = Future()
-            self._queue.put((events, future))
+            self._queue.put((events, future, maybe_written))
             asyncio.wrap_future(future, loop=waiter.get_loop()).add_done_callback(
                 functools.partial(_settle, waiter)
             )
@@ -348,7 +356,7 @@ class AuditWriter:
         if self.db.dialect == "sqlite":
             self.db.checkpoint_in_background()  # the process did it
         for batch in batches:
-            self._batch_refused(batch, "the writer process exited")
+            self._batch_refused(batch, "the writer process exited", maybe_written=True)
 
     # -- the writer thread ---------------------------------------------------------------------------
 
@@ -361,7 +369,7 @@ class AuditWriter:
             except queue.Empty:
                 self._write([])
                 continue
-            batch: list[tuple[Sequence[Event], Future[None] | None]] = []
+            batch: list[_Item] = []
             size = 0
             while True:
                 if item is None:
@@ -378,14 +386,19 @@ class AuditWriter:
             if batch or self._gap is not None:
                 self._write(batch)
 
-    def _write(self, batch: list[tuple[Sequence[Event], Future[None] | None]]) -> None:
-        events = [e for evs, _ in batch for e in evs]
+    def _write(self, batch: list[_Item]) -> None:
+        events = [e for evs, _, _ in batch for e in evs]
+        unsure = [e for evs, _, maybe_written in batch if maybe_written for e in evs]
         pending = list(self._retry) if self._retry else []
         gap_event = self._gap_event() if self._gap is not None else None
         to_write = ([gap_event] if gap_event else []) + pending + events
+        recovered: list[Event] = []
         started = time.perf_counter()
         try:
             with self.db.transaction() as tx:
+                if unsure and (written := _already_written(tx, unsure)):
+                    recovered = [e for e in unsure if e.id in written]
+                    to_write = [e for e in to_write if e.id not in written]
                 append_events(tx, to_write, self.projections)
         except Exception as exc:  # the store failed: nothing of this batch is durable
             self._failed(batch, events, exc)
@@ -393,8 +406,8 @@ class AuditWriter:
         self.healthy = True
         self._retry.clear()
         self._gap = None
-        self._committed(to_write, time.perf_counter() - started)
-        for _, future in batch:
+        self._committed(recovered + to_write, time.perf_counter() - started)
+        for _, future, _ in batch:
             if future is not None:
                 future.set_result(None)
 
@@ -406,9 +419,7 @@ class AuditWriter:
             except Exception:  # an observer's bug must not stop the trail
                 log.exception("audit observer failed")
 
-    def _failed(
-        self, batch: list[tuple[Sequence[Event], Future[None] | None]], events: list[Event], exc: Exception
-    ) -> None:
+    def _failed(self, batch: list[_Item], events: list[Event], exc: Exception) -> None:
         if self.healthy:
             log.error("audit store write failed: %s", exc)
         self.healthy = False
@@ -421,14 +432,14 @@ class AuditWriter:
             overflow = max(0, len(self._retry) + len(events) - (self._retry.maxlen or 0))
             gap.dropped += overflow
             self._retry.extend(events)
-            for _, future in batch:
+            for _, future, _ in batch:
                 if future is not None:
                     future.set_result(None)
             time.sleep(0.05)  # the store is down: do not spin on it
         else:
             gap.refused += len(events)
             error = AuditUnavailable(f"audit trail unavailable: {exc}")
-            for _, future in batch:
+            for _, future, _ in batch:
                 if future is not None:
                     future.set_exception(error)
 
@@ -448,6 +459,22 @@ class AuditWriter:
                 "reason": gap.reason,
             },
         )
+
+
+def _already_written(tx: Tx, events: Sequence[Event]) -> set[str]:
+    """Which of `events` are in the log already (a writer process committed them, then died before it
+    said so)? Those get back their place in the chain instead of a second copy."""
+    by_id = {e.id: e for e in events}
+    ids = list(by_id)
+    written: set[str] = set()
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for row in tx.all(f"SELECT id, seq, prev_hash, hash FROM events WHERE id IN ({marks})", chunk):
+            event = by_id[row["id"]]
+            event.seq, event.prev_hash, event.hash = int(row["seq"]), row["prev_hash"], row["hash"]
+            written.add(event.id)
+    return written
 
 
 def _settle(waiter: asyncio.Future[None], done: asyncio.Future[None]) -> None:
