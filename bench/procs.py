@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,12 +58,14 @@ class Server:
                 self.proc.wait(5)
 
 
-def start_server(kind: str, *args: str) -> Server:
-    """`python -m bench.serve <kind> <args>`; returns once it printed its ready line."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
+def start_server(kind: str, *args: str, env: Mapping[str, str] | None = None) -> Server:
+    """`python -m bench.serve <kind> <args>`; returns once it printed its ready line. `env` replaces the
+    environment (`bench.variants` points PYTHONPATH at another source tree)."""
+    if env is None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.serve", kind, *args],
         stdout=subprocess.PIPE,
@@ -94,8 +96,8 @@ def servers() -> Iterator[Callable[..., Server]]:
     """Start servers with the yielded function; all are stopped (in reverse order) on exit."""
     started: list[Server] = []
 
-    def start(kind: str, *args: str) -> Server:
-        server = start_server(kind, *args)
+    def start(kind: str, *args: str, env: Mapping[str, str] | None = None) -> Server:
+        server = start_server(kind, *args, env=env)
         started.append(server)
         return server
 
