@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 
@@ -306,6 +307,26 @@ async def test_a_batch_committed_by_a_process_that_died_before_answering_is_not_
     by_id = {r["id"]: r for r in rows}
     assert all(e.seq == by_id[e.id]["seq"] and e.hash == by_id[e.id]["hash"] for e in events)
     assert not db.query("SELECT seq FROM events WHERE kind = 'audit.gap'")
+
+
+def test_a_retried_event_that_did_commit_is_not_written_again(db: Database) -> None:
+    """Fail-open retries what a failed commit held; a commit can fail after committing (the connection
+    lost during COMMIT), so the retry looks first. Otherwise the duplicate id would fail every later
+    write."""
+    from gatehouse.audit.writer import append_events
+
+    writer = AuditWriter(db, fail_open=True)
+    writer.start()
+    try:
+        committed = Event(kind="test.committed")
+        with db.transaction() as tx:
+            append_events(tx, [committed])
+        writer._retry.append(dataclasses.replace(committed, seq=0, prev_hash="", hash=""))
+        writer.append_sync(Event(kind="test.after"))
+        assert writer.healthy and not writer._retry
+    finally:
+        writer.close()
+    assert [r["kind"] for r in _verify_chain(db)] == ["test.committed", "test.after"]
 
 
 async def test_close_drains_what_nobody_awaited(sqlite_url: str) -> None:

@@ -19,8 +19,9 @@ waits on the network), and every batch the fast paths could not commit (the stor
 died, or the write lock stayed taken elsewhere for longer than `_BUSY_PATIENCE_S`: a briefly taken lock is
 retried on the loop): the thread waits, retries and applies the failure policy. A batch the writer
 process never acknowledged before it died may have committed all the same (the death fell between commit
-and acknowledgement): the thread first looks its events up by id and gives those found their place in the
-chain back instead of appending them twice.
+and acknowledgement), and so may a fail-open retry's (a connection lost during COMMIT): the thread first
+looks such events up by id and gives those found their place in the chain back instead of appending them
+twice.
 
 If the store fails, `append` raises `AuditUnavailable` (fail closed) unless the writer runs fail-open, in
 which case events are kept in a bounded buffer and retried, and an `audit.gap` event records what passed
@@ -388,8 +389,9 @@ class AuditWriter:
 
     def _write(self, batch: list[_Item]) -> None:
         events = [e for evs, _, _ in batch for e in evs]
-        unsure = [e for evs, _, maybe_written in batch if maybe_written for e in evs]
         pending = list(self._retry) if self._retry else []
+        # Retried events too: a commit that raised may have committed (a connection lost during COMMIT).
+        unsure = pending + [e for evs, _, maybe_written in batch if maybe_written for e in evs]
         gap_event = self._gap_event() if self._gap is not None else None
         to_write = ([gap_event] if gap_event else []) + pending + events
         recovered: list[Event] = []
