@@ -45,6 +45,7 @@ from typing import Any
 from gatehouse.audit import worker
 from gatehouse.audit.chain import event_hash
 from gatehouse.audit.events import Event, now_us
+from gatehouse.audit.export.source import events_by_id
 from gatehouse.audit.projector import Projection
 from gatehouse.store.db import Database, StoreBusy, StoreError, Tx
 
@@ -76,7 +77,6 @@ _BUSY_PATIENCE_S = 0.25
 # An event for the writer thread: the events, what their caller awaits (None: nobody), and whether a writer
 # process may have committed them before it died.
 _Item = tuple[Sequence[Event], Future[None] | None, bool]
-_ID_CHUNK = 500
 
 
 class AuditUnavailable(Exception):
@@ -465,18 +465,13 @@ class AuditWriter:
 
 def _already_written(tx: Tx, events: Sequence[Event]) -> set[str]:
     """Which of `events` are in the log already (a writer process committed them, then died before it
-    said so)? Those get back their place in the chain instead of a second copy."""
-    by_id = {e.id: e for e in events}
-    ids = list(by_id)
-    written: set[str] = set()
-    for start in range(0, len(ids), _ID_CHUNK):
-        chunk = ids[start : start + _ID_CHUNK]
-        marks = ", ".join("?" * len(chunk))
-        for row in tx.all(f"SELECT id, seq, prev_hash, hash FROM events WHERE id IN ({marks})", chunk):
-            event = by_id[row["id"]]
-            event.seq, event.prev_hash, event.hash = int(row["seq"]), row["prev_hash"], row["hash"]
-            written.add(event.id)
-    return written
+    said so)? Those get back their place in the chain instead of a second copy. Read on the thread's
+    connection, so inside `tx`."""
+    stored = events_by_id(tx.db, [e.id for e in events])
+    for event in events:
+        if (found := stored.get(event.id)) is not None:
+            event.seq, event.prev_hash, event.hash = found.seq, found.prev_hash, found.hash
+    return set(stored)
 
 
 def _settle(waiter: asyncio.Future[None], done: asyncio.Future[None]) -> None:
