@@ -52,6 +52,7 @@ class LoadResult:
     statuses: dict[int, int]
     cpu: dict[str, float]  # share of one core each watched process (and "loadgen") used in the window
     first_error: str | None = None
+    p50_ms_by_url: dict[str, float] = field(default_factory=dict)  # when several targets are cycled
 
 
 def _connector(limit: int) -> aiohttp.TCPConnector:
@@ -60,6 +61,7 @@ def _connector(limit: int) -> aiohttp.TCPConnector:
 
 async def _closed_loop(spec: LoadSpec) -> LoadResult:
     latencies: list[float] = []
+    by_url: dict[str, list[float]] = {}
     statuses: dict[int, int] = {}
     errors = 0
     first_error: str | None = None
@@ -102,6 +104,7 @@ async def _closed_loop(spec: LoadSpec) -> LoadResult:
                 done = time.perf_counter()
                 if measure_from <= done <= measure_to:
                     latencies.append(done - started)
+                    by_url.setdefault(req.url, []).append((done - started) * 1000)
                     statuses[status] = statuses.get(status, 0) + 1
                     if status != 200:
                         errors += 1
@@ -124,6 +127,7 @@ async def _closed_loop(spec: LoadSpec) -> LoadResult:
         statuses=statuses,
         cpu=cpu,
         first_error=first_error,
+        p50_ms_by_url={url: percentile(values, 50) for url, values in by_url.items()},
     )
 
 

@@ -126,8 +126,10 @@ def mixed(
     requests to the variants in turn, so all of them see the same machine, however its speed drifts,
     and serve the same number of calls. What differs is the CPU each spends per call: the work a
     change adds or saves, measured without the drift between runs that throughput comparisons suffer
-    from (throughput itself is shared, so it says nothing here)."""
+    from (throughput itself is shared, so it says nothing here); and each one's median latency under
+    the same load, where waiting longer for a commit shows."""
     per_round: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
+    p50s: dict[str, list[float]] = {v.name: [] for v in variants}
     names = list(targets)
     for rnd in range(args.rounds):
         shift = rnd % len(names)  # which variant each worker starts with rotates too
@@ -139,12 +141,22 @@ def mixed(
         print(f"    round {rnd + 1}/{args.rounds}: {result.rps:8.0f} req/s in all{note}", file=sys.stderr)
         for name, cpu in cpu_per_call(result, children).items():
             per_round[name].append(cpu)
+            p50s[name].append(result.p50_ms_by_url.get(targets[name].url, float("nan")))
     title = (
         f"Gatehouse variants under load together, {args.clients} clients each, median of {args.rounds}"
         f" rounds of {args.window:g} s (CPU against {variants[0].name})"
     )
-    columns = ["variant", "serving CPU us/call", "children CPU us/call", "added us/call, median (range)"]
-    return table(title, columns, added_cpu_rows(per_round))
+    columns = [
+        "variant",
+        "serving CPU us/call",
+        "children CPU us/call",
+        "added us/call, median (range)",
+        "p50 ms",
+    ]
+    rows = added_cpu_rows(per_round)
+    for row in rows:
+        row.append(median(p50s[row[0]]))
+    return table(title, columns, rows)
 
 
 def cpu_per_call(result: LoadResult, children: dict[str, list[str]]) -> dict[str, tuple[float, float]]:
