@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -26,12 +27,12 @@ def server() -> Iterator[str]:
     app = web.Application()
     app.router.add_post("/fast", fast)
     app.router.add_post("/slow", slow)
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    loop.run_until_complete(web.SockSite(runner, sock).start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:

@@ -57,8 +57,8 @@ def test_a_mixed_run_splits_the_calls_evenly_and_charges_each_variant_its_own_pr
 
 
 def test_added_cpu_is_paired_round_by_round_against_the_first_variant() -> None:
-    # The machine slows down in the second round: both variants' CPU per call doubles there, and
-    # the added column, taken round by round, still says 100 and 120, not the 300+ of the raw medians.
+    # The machine is slower in the second round: every variant spends more there. Each round is
+    # compared with the baseline's figure of the same round: 100 and 120 added.
     rows = added_cpu_rows({"off": [(200.0, 0.0), (400.0, 0.0)], "on": [(250.0, 50.0), (480.0, 40.0)]})
     assert rows[0] == ["off", 300.0, 0.0, "0.0 (0.0 to 0.0)"]
     assert rows[1] == ["on", 365.0, 45.0, "110.0 (100.0 to 120.0)"]
