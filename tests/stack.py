@@ -12,6 +12,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from gatehouse.audit.events import ROW_COLUMNS, event_from_row
+from gatehouse.bridge.projection import calls_of
 from gatehouse.config import (
     AuditSettings,
     BridgeSettings,
@@ -79,7 +81,9 @@ class Stack:
         return f"{self.url}/bridge/openai/v1"
 
     def interceptions(self) -> list[dict[str, Any]]:
-        return self.derived_db.query("SELECT * FROM interceptions ORDER BY started_at")
+        """Each recorded LLM call as one record, from its events (`calls_of`), in the order they started."""
+        events = [event_from_row(r) for r in self.db.query(f"SELECT {ROW_COLUMNS} FROM events ORDER BY seq")]
+        return sorted(calls_of(events), key=lambda c: c["started_at"])
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         if kind is None:

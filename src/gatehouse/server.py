@@ -46,8 +46,8 @@ def open_store(settings: Settings) -> Database:
 
 
 def derived_tables(timezone: str) -> Projector:
-    """What keeps this deployment's derived tables (interceptions, sessions, tool calls, spend, the
-    full-text index, and the log's time map and key index while they keep pace) in step with the log, in
+    """What keeps this deployment's derived tables (sessions, tool calls, spend, the full-text
+    index, and the log's time map and key index while they keep pace) in step with the log, in
     one pass over each batch of events. Readers of those tables run its `catch_up` first."""
     return Projector(
         [project_bridge_events, SpendProjection(timezone), search.project_search_index, timemap.project]

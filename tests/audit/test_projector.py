@@ -11,12 +11,12 @@ from gatehouse.audit import timemap, worker
 from gatehouse.audit.events import Event
 from gatehouse.audit.projector import Projector
 from gatehouse.audit.writer import append_events
-from gatehouse.bridge.projection import project_bridge_events
+from gatehouse.bridge.projection import calls_of, project_bridge_events
 from gatehouse.policy.spend import SpendProjection
 from gatehouse.server import derived_tables
 from gatehouse.store.db import Database
 
-DERIVED = ("interceptions", "sessions", "tool_calls", "spend")
+DERIVED = ("sessions", "tool_calls", "spend")
 
 
 def calls(n: int, seed: int = 7) -> list[Event]:
@@ -81,12 +81,16 @@ def calls(n: int, seed: int = 7) -> list[Event]:
 
 def snapshot(db: Database) -> dict[str, list[dict[str, Any]]]:
     order = {
-        "interceptions": "id",
         "sessions": "id",
         "tool_calls": "tool_call_id",
         "spend": "interception_id",
     }
     return {table: db.query(f"SELECT * FROM {table} ORDER BY {order[table]}") for table in DERIVED}
+
+
+def calls_in_sessions(db: Database) -> int:
+    row = db.query_one("SELECT sum(interceptions) AS n FROM sessions")
+    return int(row["n"] or 0) if row else 0
 
 
 def projector(batch: int = 1000) -> Projector:
@@ -100,7 +104,7 @@ def test_batches_of_any_size_give_what_one_event_at_a_time_gives(db: Database) -
     one_by_one = projector(batch=1)
     assert one_by_one.catch_up(db) == len(events)
     expected = snapshot(db)
-    assert len(expected["interceptions"]) == 120 and expected["tool_calls"] and expected["spend"]
+    assert calls_in_sessions(db) == 120 and expected["tool_calls"] and expected["spend"]
 
     for batch in (7, 1000):
         with db.transaction() as tx:
@@ -111,7 +115,7 @@ def test_batches_of_any_size_give_what_one_event_at_a_time_gives(db: Database) -
         assert snapshot(db) == expected, f"batch {batch}"
 
     sessions = {s["id"]: s for s in expected["sessions"]}
-    rows = expected["interceptions"]
+    rows = calls_of(events)
     for sid, s in sessions.items():
         mine = [r for r in rows if r["session_id"] == sid]
         assert s["interceptions"] == len(mine)
@@ -146,7 +150,7 @@ def test_catching_up_from_many_threads_projects_each_event_once(db: Database) ->
     projector().catch_up(db)
     got = snapshot(db)
     assert sum(s["interceptions"] for s in got["sessions"]) == 300
-    assert len(got["spend"]) == len({r["id"] for r in got["interceptions"] if r["decision"] == "allow"})
+    assert len(got["spend"]) == sum(c["decision"] == "allow" for c in calls_of(events))
 
     with db.transaction() as tx:
         for table in DERIVED:
@@ -168,8 +172,7 @@ def test_the_mark_follows_the_log_and_pruned_events_are_skipped(db: Database) ->
         tx.execute("UPDATE events SET pruned_by = 1, details = '{}' WHERE id = ?", (first.id,))
     p.catch_up(db)
     assert not p.behind(db)
-    ids = {r["id"] for r in db.query("SELECT id FROM interceptions")}
-    assert first.id not in ids and len(ids) == 29
+    assert calls_in_sessions(db) == 29  # the pruned request's call is not counted
     head = db.query_one("SELECT seq FROM chain_head WHERE id = 1")
     state = db.query_one("SELECT seq FROM projection_state WHERE name = 'derived'")
     assert head is not None and state is not None and state["seq"] == head["seq"]
@@ -182,7 +185,7 @@ async def test_acatch_up_reads_back_what_was_just_written(db: Database) -> None:
     assert await p.acatch_up(db) > 0
     assert not p.behind(db)
     assert await p.acatch_up(db) == 0
-    assert len(db.query("SELECT id FROM interceptions")) == 5
+    assert calls_in_sessions(db) == 5
 
 
 def test_between_commits_the_time_map_waits_for_the_projector_that_keeps_it(db: Database) -> None:
@@ -218,3 +221,31 @@ def test_a_failing_task_does_not_stop_the_next(db: Database) -> None:
 
     assert worker._run_tasks(db, [broken, after]) is False
     assert ran == ["broken", "after"]
+
+
+def test_calls_of_gives_one_record_per_request_with_its_response() -> None:
+    events = calls(40, seed=13)
+    records = calls_of(events)
+    requests = [e for e in events if e.kind == "llm.request"]
+    responses = {e.parent: e for e in events if e.kind == "llm.response"}
+    assert [r["id"] for r in records] == [e.id for e in requests]
+    for record, request in zip(records, requests, strict=True):
+        response = responses.get(request.id)
+        if request.decision != "allow":  # refused: ends where it starts, never answered
+            assert response is None and record["ended_at"] == record["started_at"] == request.ts
+            assert record["status"] == 403 and record["input_tokens"] == 0
+            continue
+        assert response is not None
+        usage = response.details["usage"]
+        assert record["ended_at"] == response.ts and record["status"] == response.details["status"]
+        assert (record["input_tokens"], record["output_tokens"], record["cache_read_tokens"]) == (
+            usage["input_tokens"],
+            usage["output_tokens"],
+            usage["cache_read_tokens"],
+        )
+        assert (
+            record["session_id"] == request.session
+            and record["last_prompt"] == request.details["last_prompt"]
+        )
+    # A response without its request (pruned, or in another part of the log) is no call.
+    assert calls_of(e for e in events if e.kind == "llm.response") == []

@@ -15,6 +15,7 @@ from tests.gateway.conftest import Stack
 from tests.stack import StackFactory
 
 MODEL = "claude-sonnet-5"
+PROMPTS = ("before", "after", "first", "second")  # in the order _projected lists them
 
 
 def _ask(stack: Stack, prompt: str) -> None:
@@ -23,12 +24,16 @@ def _ask(stack: Stack, prompt: str) -> None:
 
 
 def _projected(stack: Stack, n: int = 2, timeout: float = 10.0) -> list[str]:
-    """The interceptions' prompts as they stand, read without catching up, once `n` have appeared."""
+    """The prompts the full-text index holds as they stand, read without catching up, once `n` have."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = stack.db.query("SELECT last_prompt FROM interceptions ORDER BY started_at")
-        if len(rows) >= n or time.monotonic() > deadline:
-            return [r["last_prompt"] for r in rows]
+        found = [
+            p
+            for p in PROMPTS
+            if stack.db.query("SELECT 1 FROM audit_search WHERE audit_search MATCH ?", (p,))
+        ]
+        if len(found) >= n or time.monotonic() > deadline:
+            return found
         time.sleep(0.05)
 
 

@@ -62,7 +62,7 @@ def test_keys_never_cross_over_or_get_recorded(
     assert stack.token not in api.text + tokens.text
 
     dump = ""
-    for table in ("events", "interceptions", "sessions", "tokens", "users", "agents", "tool_calls"):
+    for table in ("events", "sessions", "spend", "tokens", "users", "agents", "tool_calls"):
         dump += str(stack.db.query(f"SELECT * FROM {table}"))
     assert "x-api-key" not in dump.lower() or UPSTREAM_KEY not in dump
     assert UPSTREAM_KEY not in dump and stack.token not in dump and stack.admin_token not in dump

@@ -49,7 +49,6 @@ def test_derived_tables_are_in_their_own_file_and_queried_as_one(sqlite_url: str
         derived_tables = {r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"events", "chain_head", "users", "tokens"} <= main_tables
     moved = {
-        "interceptions",
         "sessions",
         "tool_calls",
         "spend",
@@ -59,6 +58,7 @@ def test_derived_tables_are_in_their_own_file_and_queried_as_one(sqlite_url: str
     }
     assert moved <= derived_tables
     assert not moved & main_tables
+    assert "interceptions" not in main_tables | derived_tables  # dropped by m0013: read from the log
 
 
 def test_upgrading_moves_existing_derived_rows(tmp_path: Path) -> None:
@@ -76,10 +76,7 @@ def test_upgrading_moves_existing_derived_rows(tmp_path: Path) -> None:
             conn.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, 0)", (migration.version, migration.name)
             )
-    conn.execute(
-        "INSERT INTO interceptions (id, session_id, started_at, provider, route, stream, decision)"
-        " VALUES ('i1', 's1', 1, 'anthropic', 'messages', 0, 'allow')"
-    )
+    conn.execute("INSERT INTO sessions (id, started_at, last_at, interceptions) VALUES ('s1', 1, 2, 3)")
     conn.execute("INSERT INTO audit_search (rowid, body) VALUES (7, 'drop table users')")
     conn.execute("UPDATE projection_state SET seq = 42")
     conn.close()
@@ -87,12 +84,12 @@ def test_upgrading_moves_existing_derived_rows(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{path}")
     try:
         assert migrate(db) == [v for v in (m.version for m in MIGRATIONS) if v > 8]
-        assert db.query("SELECT id, session_id FROM interceptions") == [{"id": "i1", "session_id": "s1"}]
+        assert db.query("SELECT id, interceptions FROM sessions") == [{"id": "s1", "interceptions": 3}]
         assert db.query("SELECT rowid AS seq FROM audit_search WHERE audit_search MATCH 'drop'") == [
             {"seq": 7}
         ]
         assert db.query_one("SELECT seq FROM projection_state WHERE name = 'derived'") == {"seq": 42}
-        assert db.query_one("SELECT count(*) AS n FROM main.sqlite_master WHERE name = 'interceptions'") == {
+        assert db.query_one("SELECT count(*) AS n FROM main.sqlite_master WHERE name = 'sessions'") == {
             "n": 0
         }
     finally:

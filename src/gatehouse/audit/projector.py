@@ -1,11 +1,10 @@
 """Derived tables, kept in step with the log after the fact, in batches.
 
-A projection turns events into rows of a derived table: the Bridge's interceptions, sessions and tool
-calls, the spend ledger. Applied inside each request's own commit, they made every commit write those
+A projection turns events into rows of a derived table: the Bridge's sessions and tool calls, the spend
+ledger, the full-text index. Applied inside each request's own commit, they made every commit write those
 tables' pages too (about half of its pages) and cost the serving loop ~11 µs per event. Applied here, a
-batch of hundreds or thousands of events at a time, each page is written once per batch, each statement
-runs as one `executemany`, and a call's request and response become one row instead of an insert and an
-update.
+batch of hundreds or thousands of events at a time, each page is written once per batch and each
+statement runs as one `executemany`.
 
 `Projector.catch_up` reads the events after its mark (`projection_state`) without any lock, then applies
 them and moves the mark in one short transaction that first re-checks the mark: exactly once, whoever

@@ -45,6 +45,7 @@ from gatehouse.audit.events import Event, new_id, now_us
 from gatehouse.audit.settings import RetentionSettings
 from gatehouse.audit.verify import BOOKKEEPING_KINDS, COMPACT_KIND, PRUNE_KIND
 from gatehouse.audit.writer import append_events
+from gatehouse.bridge.projection import REQUEST, RESPONSE, USAGE_FIELDS, calls_of
 from gatehouse.identity.service import Actor
 from gatehouse.store.db import Database, Row, StoreError, Tx
 
@@ -338,9 +339,6 @@ def _drop_derived(tx: Tx, rows: Sequence[Row], derived: Counter[str]) -> None:
         derived["tool_calls"] += tx.execute(
             f"DELETE FROM tool_calls WHERE interception_id IN ({_marks(chunk)})", chunk
         )
-        derived["interceptions"] += tx.execute(
-            f"DELETE FROM interceptions WHERE id IN ({_marks(chunk)})", chunk
-        )
     for session in sorted(sessions):
         derived[_rebuild_session(tx, session)] += 1
     timemap.unindex(
@@ -359,34 +357,28 @@ def _drop_derived(tx: Tx, rows: Sequence[Row], derived: Counter[str]) -> None:
 
 
 def _rebuild_session(tx: Tx, session: str) -> str:
-    totals = tx.one(
-        "SELECT count(*) AS n, min(started_at) AS started_at, max(coalesce(ended_at, started_at)) AS last_at,"
-        " sum(CASE WHEN decision <> 'allow' OR error IS NOT NULL OR coalesce(status, 0) >= 400 THEN 1"
-        " ELSE 0 END) AS errors, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,"
-        " sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,"
-        " sum(reasoning_tokens) AS reasoning_tokens FROM interceptions WHERE session_id = ?",
-        (session,),
-    )
-    if totals is None or not totals["n"]:
+    """Sum again what is left of a session: its calls whose request is still in the log, read from the
+    log as the transaction sees it (the pruned events blanked)."""
+    calls = calls_of(timemap.session_events(tx, session, (REQUEST, RESPONSE)))
+    if not calls:
         tx.execute("DELETE FROM tool_calls WHERE session_id = ?", (session,))
         tx.execute("DELETE FROM sessions WHERE id = ?", (session,))
         return "sessions_deleted"
-    calls = tx.one("SELECT count(*) AS n FROM tool_calls WHERE session_id = ?", (session,))
+    errors = sum(
+        c["decision"] != "allow" or c["error"] is not None or (c["status"] or 0) >= 400 for c in calls
+    )
+    tools = tx.one("SELECT count(*) AS n FROM tool_calls WHERE session_id = ?", (session,))
     tx.execute(
         "UPDATE sessions SET started_at = ?, last_at = ?, interceptions = ?, errors = ?, tool_calls = ?,"
         " input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?,"
         " reasoning_tokens = ? WHERE id = ?",
         (
-            totals["started_at"],
-            totals["last_at"],
-            totals["n"],
-            int(totals["errors"] or 0),
-            int(calls["n"]) if calls else 0,
-            int(totals["input_tokens"] or 0),
-            int(totals["output_tokens"] or 0),
-            int(totals["cache_read_tokens"] or 0),
-            int(totals["cache_write_tokens"] or 0),
-            int(totals["reasoning_tokens"] or 0),
+            min(c["started_at"] for c in calls),
+            max(c["ended_at"] or c["started_at"] for c in calls),
+            len(calls),
+            errors,
+            int(tools["n"]) if tools else 0,
+            *[sum(c[k] for c in calls) for k in USAGE_FIELDS],
             session,
         ),
     )

@@ -33,8 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gatehouse.audit.events import Event
-from gatehouse.store.db import Database, Tx
+from gatehouse.audit.events import CONTENT_COLUMNS, Event, event_from_tuple
+from gatehouse.store.db import Database, Row, Tx
 
 BUCKET_US = 600_000_000  # 10 minutes
 _CATCH_UP_BATCH = 20_000
@@ -181,6 +181,26 @@ def bounds(db: Database, since_us: int | None, until_us: int | None) -> tuple[in
     first = s.first if s.first is not None else s.mapped + 1
     last = s.head if s.head > s.mapped else s.last
     return None if last is None or first > last else (first, last)
+
+
+def session_events(tx: Tx, session: str, kinds: Sequence[str]) -> list[Event]:
+    """The session's unpruned events of `kinds`, in log order, as the transaction sees them: the key
+    index's runs, then the events after its mark."""
+    marks = ", ".join("?" for _ in kinds)
+    select = f"SELECT {CONTENT_COLUMNS} FROM events WHERE session = ? AND kind IN ({marks}) AND "
+    rows: list[Row] = []
+    for run in tx.all(
+        "SELECT first_seq, last_seq FROM key_ranges WHERE key = ? ORDER BY first_seq",
+        (key("session", session),),
+    ):
+        rows += tx.all(
+            select + "seq >= ? AND seq <= ? ORDER BY seq",
+            (session, *kinds, run["first_seq"], run["last_seq"]),
+        )
+    rows += tx.all(
+        select + "seq > (SELECT seq FROM time_map_state WHERE id = 1) ORDER BY seq", (session, *kinds)
+    )
+    return [event_from_tuple(list(r.values())) for r in rows]
 
 
 def has_session(tx: Tx, session: str) -> bool:

@@ -1,17 +1,18 @@
 """Derived tables for the Bridge, brought up to date by the projector (`gatehouse.audit.projector`).
 
-`interceptions` has one row per LLM call (from its `llm.request` and `llm.response` events), `tool_calls`
-maps each tool call id to the interception that asked for it, `sessions` sums a session's calls. All three
-can be rebuilt by replaying the log through `project_bridge_events`.
+`tool_calls` maps each tool call id to the interception that asked for it (the Bridge links a tool result
+to its call through it), `sessions` sums a session's calls. Both can be rebuilt by replaying the log
+through `project_bridge_events`. A batch is applied in two statements: one insert per tool call, one
+upsert per session with the batch's sums.
 
-A batch is applied in a handful of statements: one INSERT per call whose request is in the batch (with
-its response, when that is in the batch too), an UPDATE per response to an earlier request, one upsert
-per session with the batch's sums.
+A call itself (its `llm.request` and `llm.response` events as one record: `calls_of`) is not stored: the
+log holds it, and nothing reads it often enough to pay for a row and two index entries per call
+(retention rebuilds a session's sums from the session's remaining events; docs/benchmarks.md, session 15).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gatehouse.audit.events import Event
@@ -19,21 +20,41 @@ from gatehouse.store.db import Tx
 
 REQUEST = "llm.request"
 RESPONSE = "llm.response"
-_USAGE = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 
-_INTERCEPTION_COLUMNS = (
-    "id, session_id, parent_id, started_at, user_id, agent_id, token_id, client, client_session, provider,"
-    " model, route, stream, decision, last_prompt, ended_at, status, error, latency_ms, ttft_ms,"
-    " input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens"
-)
-_INSERT_INTERCEPTION = (
-    f"INSERT INTO interceptions ({_INTERCEPTION_COLUMNS}) VALUES ({', '.join('?' * 25)})"
-    " ON CONFLICT (id) DO NOTHING"
-)
-_END_INTERCEPTION = (
-    "UPDATE interceptions SET ended_at = ?, status = ?, error = ?, latency_ms = ?, ttft_ms = ?,"
-    " input_tokens = ?, output_tokens = ?, cache_read_tokens = ?, cache_write_tokens = ?,"
-    " reasoning_tokens = ? WHERE id = ?"
+# A call's record (`calls_of`), in this order.
+CALL_FIELDS = (
+    "id",
+    "session_id",
+    "parent_id",
+    "started_at",
+    "user_id",
+    "agent_id",
+    "token_id",
+    "client",
+    "client_session",
+    "provider",
+    "model",
+    "route",
+    "stream",
+    "decision",
+    "last_prompt",
+    "ended_at",
+    "status",
+    "error",
+    "latency_ms",
+    "ttft_ms",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
 )
 _INSERT_TOOL_CALL = (
     "INSERT INTO tool_calls (tool_call_id, interception_id, session_id, name) VALUES (?, ?, ?, ?)"
@@ -54,87 +75,97 @@ _UPSERT_SESSION = (
     " cache_write_tokens = sessions.cache_write_tokens + excluded.cache_write_tokens,"
     " reasoning_tokens = sessions.reasoning_tokens + excluded.reasoning_tokens"
 )
-# Positions in an interception row (_INTERCEPTION_COLUMNS) and in a session row (_UPSERT_SESSION).
+# Positions in a call's record (CALL_FIELDS) and in a session row (_UPSERT_SESSION).
 _ENDED_AT = 15
 _S_CLIENT, _S_PROVIDER, _S_MODEL, _S_LAST = 3, 4, 5, 7
 _S_CALLS, _S_ERRORS, _S_TOOL_CALLS, _S_TOKENS = 8, 9, 10, 11
 
 
 def project_bridge_events(tx: Tx, events: Sequence[Event]) -> None:
-    calls: dict[str, list[Any]] = {}  # interception id -> its row, for calls whose request is here
-    ended: list[tuple[Any, ...]] = []  # responses to requests projected by an earlier batch
     tool_calls: list[tuple[str, str | None, str | None, str]] = []
     sessions: dict[str, list[Any]] = {}
     for event in events:
         if event.kind == REQUEST:
-            _request(event, calls, sessions)
+            _count_request(event, sessions)
         elif event.kind == RESPONSE:
-            _response(event, calls, ended, tool_calls, sessions)
-    tx.executemany(_INSERT_INTERCEPTION, list(calls.values()))
-    tx.executemany(_END_INTERCEPTION, ended)
+            _count_response(event, tool_calls, sessions)
     tx.executemany(_INSERT_TOOL_CALL, tool_calls)
     tx.executemany(_UPSERT_SESSION, list(sessions.values()))
 
 
-def _request(event: Event, calls: dict[str, list[Any]], sessions: dict[str, list[Any]]) -> None:
-    d = event.details
-    refused = event.decision != "allow"
-    calls[event.id] = [
-        event.id,
-        event.session,
+def calls_of(events: Iterable[Event]) -> list[dict[str, Any]]:
+    """The LLM calls among `events` (in log order), one record each (CALL_FIELDS) from its request and,
+    when it is among them, its response. A response whose request is not among them is no call."""
+    calls: dict[str, list[Any]] = {}
+    for event in events:
+        if event.kind == REQUEST:
+            calls[event.id] = _call(event)
+        elif event.kind == RESPONSE and (row := calls.get(event.parent or "")) is not None:
+            d = event.details
+            row[_ENDED_AT:] = (
+                event.ts,
+                d.get("status"),
+                d.get("error"),
+                d.get("latency_ms"),
+                d.get("ttft_ms"),
+                *_usage(d),
+            )
+    return [dict(zip(CALL_FIELDS, row, strict=True)) for row in calls.values()]
+
+
+def _call(request: Event) -> list[Any]:
+    d = request.details
+    return [
+        request.id,
+        request.session,
         d.get("parent_interception"),
-        event.ts,
-        event.actor_user,
-        event.actor_agent,
-        event.actor_token,
+        request.ts,
+        request.actor_user,
+        request.actor_agent,
+        request.actor_token,
         d.get("client"),
         d.get("client_session"),
         d.get("provider"),
         d.get("model"),
         d.get("route"),
         1 if d.get("stream") else 0,
-        event.decision,
+        request.decision,
         d.get("last_prompt"),
-        event.ts if refused else None,  # ended_at: a refused call ends where it starts
+        request.ts if request.decision != "allow" else None,  # ended_at: a refused call ends where it starts
         d.get("status"),
         d.get("error"),
         None,
         None,
-        0,
-        0,
-        0,
-        0,
-        0,
+        *[0] * len(USAGE_FIELDS),
     ]
+
+
+def _usage(details: dict[str, Any]) -> list[int]:
+    usage = details.get("usage") or {}
+    return [int(usage.get(k) or 0) for k in USAGE_FIELDS]
+
+
+def _count_request(event: Event, sessions: dict[str, list[Any]]) -> None:
+    d = event.details
     session = _session(sessions, event, d.get("client"), d.get("provider"))
     session[_S_MODEL] = d.get("model") or session[_S_MODEL]
     session[_S_CALLS] += 1
-    session[_S_ERRORS] += 1 if refused else 0
+    session[_S_ERRORS] += 1 if event.decision != "allow" else 0
 
 
-def _response(
+def _count_response(
     event: Event,
-    calls: dict[str, list[Any]],
-    ended: list[tuple[Any, ...]],
     tool_calls: list[tuple[str, str | None, str | None, str]],
     sessions: dict[str, list[Any]],
 ) -> None:
     d = event.details
-    usage = d.get("usage") or {}
-    counts = [int(usage.get(k) or 0) for k in _USAGE]
-    end = (event.ts, d.get("status"), d.get("error"), d.get("latency_ms"), d.get("ttft_ms"), *counts)
-    row = calls.get(event.parent or "")
-    if row is not None:
-        row[_ENDED_AT:] = end
-    else:
-        ended.append((*end, event.parent))
     requested = d.get("tool_calls") or []
     tool_calls += [(c["id"], event.parent, event.session, c["name"]) for c in requested if c.get("id")]
     failed = d.get("error") is not None or int(d.get("status") or 0) >= 400
     session = _session(sessions, event, None, None)
     session[_S_ERRORS] += 1 if failed else 0
     session[_S_TOOL_CALLS] += len(requested)
-    for i, count in enumerate(counts):
+    for i, count in enumerate(_usage(d)):
         session[_S_TOKENS + i] += count
 
 

@@ -38,7 +38,7 @@ class Context:
 
     @property
     def derived_db(self) -> Database:
-        """The store, with its derived tables (sessions, interceptions, spend) brought up to date with
+        """The store, with its derived tables (sessions, tool calls, spend) brought up to date with
         the log first: a running server does it in the background, but may be a moment behind."""
         from gatehouse.policy.settings import policy_settings
         from gatehouse.server import derived_tables

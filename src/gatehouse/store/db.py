@@ -4,8 +4,8 @@ Queries are written once with `?` placeholders; for PostgreSQL they are rewritte
 this project never contains a literal `%`). Rows come back as dicts. Each thread gets its own connection;
 writes that must be atomic with their audit events go through `transaction()`.
 
-SQLite keeps the derived tables (what the projector builds from the log: interceptions, sessions, tool
-calls, spend, the full-text index, the time map) in a second file beside the store, attached to every
+SQLite keeps the derived tables (what the projector builds from the log: sessions, tool calls,
+spend, the full-text index, the time map) in a second file beside the store, attached to every
 connection as the schema `derived`, so that queries name them as if they were in one database. SQLite
 has one write lock per file: with both in one file, every batch the projector wrote held up the log's
 commits, and with them every request waiting for its event to be durable. `transaction(derived=True)`

@@ -90,7 +90,7 @@ def migrate(db: Database) -> list[int]:
 def _ensure_derived_tables(tx: Tx) -> None:
     """A SQLite store whose derived file is missing (deleted, lost, or a crash between the two files'
     commits of m0009) gets it back empty, every mark at zero: the projector rebuilds it from the log."""
-    from gatehouse.store.migrations import m0009_derived_file, m0011_key_ranges
+    from gatehouse.store.migrations import m0009_derived_file, m0011_key_ranges, m0013_drop_interceptions
 
     if tx.one("SELECT 1 AS found FROM derived.sqlite_master WHERE name = 'projection_state'") is not None:
         return
@@ -98,6 +98,7 @@ def _ensure_derived_tables(tx: Tx) -> None:
         m0009_derived_file.DERIVED_SCHEMA,
         m0009_derived_file.DERIVED_INDEXES,
         m0011_key_ranges.DERIVED_SCHEMA,
+        m0013_drop_interceptions.SQL_SQLITE,
     ):
         for statement in _statements(script):
             tx.execute(statement)
