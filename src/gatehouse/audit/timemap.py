@@ -184,8 +184,8 @@ def bounds(db: Database, since_us: int | None, until_us: int | None) -> tuple[in
 
 
 def session_events(tx: Tx, session: str, kinds: Sequence[str]) -> list[Event]:
-    """The session's unpruned events of `kinds`, in log order, as the transaction sees them: the key
-    index's runs, then the events after its mark."""
+    """The session's events of `kinds`, in log order, as the transaction sees them: the key index's runs,
+    then the events after its mark. Pruned events are not among them (their session is blank)."""
     marks = ", ".join("?" for _ in kinds)
     select = f"SELECT {CONTENT_COLUMNS} FROM events WHERE session = ? AND kind IN ({marks}) AND "
     rows: list[Row] = []
