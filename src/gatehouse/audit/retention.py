@@ -45,7 +45,7 @@ from gatehouse.audit.events import Event, new_id, now_us
 from gatehouse.audit.settings import RetentionSettings
 from gatehouse.audit.verify import BOOKKEEPING_KINDS, COMPACT_KIND, PRUNE_KIND
 from gatehouse.audit.writer import append_events
-from gatehouse.bridge.projection import REQUEST, RESPONSE, USAGE_FIELDS, calls_of
+from gatehouse.bridge.projection import REQUEST, RESPONSE, USAGE_FIELDS, calls_of, is_error
 from gatehouse.identity.service import Actor
 from gatehouse.store.db import Database, Row, StoreError, Tx
 
@@ -364,9 +364,6 @@ def _rebuild_session(tx: Tx, session: str) -> str:
         tx.execute("DELETE FROM tool_calls WHERE session_id = ?", (session,))
         tx.execute("DELETE FROM sessions WHERE id = ?", (session,))
         return "sessions_deleted"
-    errors = sum(
-        c["decision"] != "allow" or c["error"] is not None or (c["status"] or 0) >= 400 for c in calls
-    )
     tools = tx.one("SELECT count(*) AS n FROM tool_calls WHERE session_id = ?", (session,))
     tx.execute(
         "UPDATE sessions SET started_at = ?, last_at = ?, interceptions = ?, errors = ?, tool_calls = ?,"
@@ -376,7 +373,7 @@ def _rebuild_session(tx: Tx, session: str) -> str:
             min(c["started_at"] for c in calls),
             max(c["ended_at"] or c["started_at"] for c in calls),
             len(calls),
-            errors,
+            sum(map(is_error, calls)),
             int(tools["n"]) if tools else 0,
             *[sum(c[k] for c in calls) for k in USAGE_FIELDS],
             session,

@@ -76,7 +76,7 @@ _UPSERT_SESSION = (
     " reasoning_tokens = sessions.reasoning_tokens + excluded.reasoning_tokens"
 )
 # Positions in a call's record (CALL_FIELDS) and in a session row (_UPSERT_SESSION).
-_ENDED_AT = 15
+_ENDED_AT = CALL_FIELDS.index("ended_at")
 _S_CLIENT, _S_PROVIDER, _S_MODEL, _S_LAST = 3, 4, 5, 7
 _S_CALLS, _S_ERRORS, _S_TOOL_CALLS, _S_TOKENS = 8, 9, 10, 11
 
@@ -140,6 +140,15 @@ def _call(request: Event) -> list[Any]:
     ]
 
 
+def is_error(call: dict[str, Any]) -> bool:
+    """Does a call (a `calls_of` record) count among its session's errors: refused, or failed?"""
+    return call["decision"] != "allow" or _failed(call["status"], call["error"])
+
+
+def _failed(status: Any, error: Any) -> bool:
+    return error is not None or int(status or 0) >= 400
+
+
 def _usage(details: dict[str, Any]) -> list[int]:
     usage = details.get("usage") or {}
     return [int(usage.get(k) or 0) for k in USAGE_FIELDS]
@@ -161,9 +170,8 @@ def _count_response(
     d = event.details
     requested = d.get("tool_calls") or []
     tool_calls += [(c["id"], event.parent, event.session, c["name"]) for c in requested if c.get("id")]
-    failed = d.get("error") is not None or int(d.get("status") or 0) >= 400
     session = _session(sessions, event, None, None)
-    session[_S_ERRORS] += 1 if failed else 0
+    session[_S_ERRORS] += 1 if _failed(d.get("status"), d.get("error")) else 0
     session[_S_TOOL_CALLS] += len(requested)
     for i, count in enumerate(_usage(d)):
         session[_S_TOKENS + i] += count
