@@ -291,6 +291,7 @@ def run(opts: Options) -> Outcome:
             1 - ratio(a.rps, b.rps)
             for a, b in zip(runs.results[(default, c)], runs.results[("off", c)], strict=True)
         ]
+        paired_cost = median(per_round)
         rows.append(
             [
                 c,
@@ -299,7 +300,7 @@ def run(opts: Options) -> Outcome:
                 costs["process"] * 100,
                 round(rps["in-process"]),
                 costs["in-process"] * 100,
-                median(per_round) * 100,
+                paired_cost * 100,
                 runs.p50("off", c),
                 runs.p50("process", c),
                 runs.p50("in-process", c),
@@ -313,7 +314,7 @@ def run(opts: Options) -> Outcome:
             "rps": rps,
             "cost": costs,
             "cost_per_round": per_round,
-            "cost_median_of_rounds": median(per_round),
+            "cost_median_of_rounds": paired_cost,
             "cpu_us_per_request": cpu,
         }
         out.checks.append(
