@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from gatehouse.audit.events import ROW_COLUMNS, event_from_row
+from gatehouse.audit.journal import drain_all
 from gatehouse.bridge.projection import calls_of
 from gatehouse.config import (
     AuditSettings,
@@ -73,6 +74,12 @@ class Stack:
         return self.gh.db
 
     @property
+    def log_db(self) -> Database:
+        """The store with what the journal holds chained into the log, as every reader of it does first."""
+        drain_all(self.gh.db)
+        return self.gh.db
+
+    @property
     def anthropic_url(self) -> str:
         return f"{self.url}/bridge/anthropic"
 
@@ -82,13 +89,14 @@ class Stack:
 
     def interceptions(self) -> list[dict[str, Any]]:
         """Each recorded LLM call as one record, from its events (`calls_of`), in the order they started."""
-        events = [event_from_row(r) for r in self.db.query(f"SELECT {ROW_COLUMNS} FROM events ORDER BY seq")]
+        rows = self.log_db.query(f"SELECT {ROW_COLUMNS} FROM events ORDER BY seq")
+        events = [event_from_row(r) for r in rows]
         return sorted(calls_of(events), key=lambda c: c["started_at"])
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         if kind is None:
-            return self.db.query("SELECT * FROM events ORDER BY seq")
-        return self.db.query("SELECT * FROM events WHERE kind = ? ORDER BY seq", (kind,))
+            return self.log_db.query("SELECT * FROM events ORDER BY seq")
+        return self.log_db.query("SELECT * FROM events WHERE kind = ? ORDER BY seq", (kind,))
 
 
 @pytest.fixture(scope="session")

@@ -134,15 +134,20 @@ def test_azure_api_version_accepts_preview_versions() -> None:
     assert provider.azure_api_version == "2025-04-01-preview"
 
 
-def test_the_writer_process_is_used_by_default_only_with_cores_to_spare(
+def test_the_writer_process_is_used_by_default_only_with_cores_to_spare_and_no_journal(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from gatehouse.config import WRITER_PROCESS_MIN_CPUS, AuditSettings
+    from gatehouse.config import WRITER_PROCESS_MIN_CPUS, AuditSettings, StoreSettings
 
+    journaled = StoreSettings(url="sqlite:///tmp/g.db")
+    committed = StoreSettings(url="sqlite:///tmp/g.db", sqlite_synchronous="full")
+    postgres = StoreSettings(url="postgresql://localhost/test")
     monkeypatch.setattr("os.cpu_count", lambda: WRITER_PROCESS_MIN_CPUS)
-    assert AuditSettings().use_writer_process()
+    assert not AuditSettings().use_writer_process(journaled)
+    assert AuditSettings().use_writer_process(committed)
+    assert AuditSettings().use_writer_process(postgres)
     monkeypatch.setattr("os.cpu_count", lambda: WRITER_PROCESS_MIN_CPUS - 1)
-    assert not AuditSettings().use_writer_process()
-    assert AuditSettings(writer_process=True).use_writer_process()
+    assert not AuditSettings().use_writer_process(postgres)
+    assert AuditSettings(writer_process=True).use_writer_process(journaled)
     monkeypatch.setattr("os.cpu_count", lambda: 64)
-    assert not AuditSettings(writer_process=False).use_writer_process()
+    assert not AuditSettings(writer_process=False).use_writer_process(postgres)

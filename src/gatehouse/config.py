@@ -88,8 +88,8 @@ WRITER_PROCESS_MIN_CPUS = 4
 class AuditSettings(_Section):
     fail_mode: FailMode = FailMode.CLOSED
     max_batch: Annotated[int, Field(gt=0, le=100_000)] = 2000
-    # Commit in a separate writer process (another core) rather than on the serving event loop. Unset:
-    # only where there is a core to spare for it (see `use_writer_process`).
+    # Commit in a separate writer process (another core) rather than in the server. Unset: only where
+    # there is no journal and a core to spare for it (see `use_writer_process`).
     writer_process: bool | None = None
     # Without the writer process, derived tables are kept up to date by a process of their own (true) or
     # by a thread of the server (false; no extra process, but its CPU is taken from the serving loop).
@@ -97,13 +97,16 @@ class AuditSettings(_Section):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)  # see docs/audit.md
     signing_key: SigningKey = None  # Ed25519 key signing checkpoints (env:/file:)
 
-    def use_writer_process(self) -> bool:
-        """The writer process takes about 100 us of CPU per proxied call off the serving core but adds
-        an IPC round trip and some CPU of its own: it pays where a core is free for it. On 2 CPUs, shared
-        with the clients and upstreams, it measured no faster than committing in-process
-        (docs/benchmarks.md), so by default it runs from 4 CPUs up."""
+    def use_writer_process(self, store: StoreSettings) -> bool:
+        """The writer process takes a commit's CPU off the serving core but adds an IPC round trip and
+        some CPU of its own. On SQLite with `sqlite_synchronous = "normal"` the journal takes less of the
+        serving core than sending events to the process does (docs/audit.md), so it is not used there;
+        otherwise it pays where a core is free for it (on 2 CPUs, shared with the clients and upstreams,
+        it measured no faster than committing in-process: docs/benchmarks.md), from 4 CPUs up."""
         if self.writer_process is not None:
             return self.writer_process
+        if store.url.startswith("sqlite:") and store.sqlite_synchronous == "normal":
+            return False
         return (os.cpu_count() or 1) >= WRITER_PROCESS_MIN_CPUS
 
 

@@ -70,8 +70,10 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
         fail_open=settings.audit.fail_mode is FailMode.OPEN,
         # The exporter learns of commits only if it has sinks to wake (each wake-up is a loop call).
         observers=[metrics.observer, *([exporter.observer] if exporter.sinks else [])],
-        process=settings.audit.use_writer_process(),
+        process=settings.audit.use_writer_process(settings.store),
         process_tasks=[derived.step, timemap.step],
+        # Every append commits under `full`: a journal write is not fsynced.
+        journal=settings.store.sqlite_synchronous == "normal",
     )
     identity = IdentityService(db)
     metrics.writer, metrics.exporter, metrics.identity = writer, exporter, identity
@@ -116,7 +118,8 @@ def create_app(gh: Gatehouse) -> web.Application:
         add_oidc_routes(app, gh, gh.settings.oidc)
     add_policy_routes(app, gh)
     add_audit_routes(app, gh)
-    if not gh.settings.audit.use_writer_process():  # otherwise the writer process does it between commits
+    # With the writer process, it does this between commits.
+    if not gh.settings.audit.use_writer_process(gh.settings.store):
         threaded = [gh.derived.catch_up, timemap.catch_up]
         if gh.settings.audit.projector_process:
             steps = [gh.derived.step, timemap.step]

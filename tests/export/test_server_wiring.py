@@ -60,13 +60,17 @@ def test_requests_reach_the_sink_and_the_metrics(wired: tuple[str, Gatehouse, Pa
     client.messages.create(
         model="claude-sonnet-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
     )
-    head = gh.db.query_one("SELECT seq FROM chain_head")
-    assert head is not None
-    deadline = time.monotonic() + 5
-    while exporter.status["archive"].cursor != head["seq"] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    kinds = [orjson.loads(line)["kind"] for line in path.read_bytes().splitlines()]
+    # The call's events reach the sink once the projector process has chained them (about a second).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = path.read_bytes().splitlines() if path.exists() else []
+        kinds = [orjson.loads(line)["kind"] for line in lines]
+        if kinds[-2:] == ["llm.request", "llm.response"]:
+            break
+        time.sleep(0.05)
     assert kinds[-2:] == ["llm.request", "llm.response"]
+    head = gh.db.query_one("SELECT seq FROM chain_head")
+    assert head is not None and exporter.status["archive"].cursor == head["seq"]
     text = httpx.get(f"{url}/metrics").text
     series = '{decision="allow",provider="anthropic",route="messages",status="200"}'
     assert f"gatehouse_llm_requests_total{series} 1.0" in text

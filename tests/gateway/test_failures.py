@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import sqlite3
 import time
+from collections.abc import Iterator
 
 import anthropic
 import httpx
@@ -194,17 +197,43 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_request(
     assert _wait(lambda: [1] * (stack.sim.stats()["client_disconnects"] - before), 1)
 
 
-def test_store_unavailable_fails_closed_with_503(make_stack: StackFactory) -> None:
-    stack = make_stack()
+def _fill_the_disk_under_the_journal(stack: Stack) -> None:
+    """The journal's next write fails as on a full disk (its file swapped for /dev/full): from then on,
+    events are committed to the store."""
+    journal = stack.gh.writer._journal
+    assert journal is not None
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, journal._fd)
+    os.close(full)
+
+
+@contextlib.contextmanager
+def _store_locked(stack: Stack) -> Iterator[None]:
     blocker = sqlite3.connect(stack.db.path, isolation_level=None)
     try:
         blocker.execute("BEGIN EXCLUSIVE")
-        r = post_messages(stack, orjson.dumps(BODY))
-        assert anthropic_error(r)[0] == 503
-        assert stack.sim.requests() == []  # refused before anything left for the upstream
+        yield
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
+
+
+def test_a_locked_store_does_not_hold_up_calls_made_durable_in_the_journal(make_stack: StackFactory) -> None:
+    stack = make_stack()
+    with _store_locked(stack):
+        assert post_messages(stack, orjson.dumps(BODY)).status_code == 200
+    [call] = stack.interceptions()
+    assert call["status"] == 200 and call["last_prompt"] == "hi"
+    assert not stack.events("audit.gap")
+
+
+def test_store_unavailable_fails_closed_with_503(make_stack: StackFactory) -> None:
+    stack = make_stack()
+    _fill_the_disk_under_the_journal(stack)
+    with _store_locked(stack):
+        r = post_messages(stack, orjson.dumps(BODY))
+        assert anthropic_error(r)[0] == 503
+        assert stack.sim.requests() == []  # refused before anything left for the upstream
     assert post_messages(stack, orjson.dumps(BODY)).status_code == 200
     gap = _wait(lambda: stack.events("audit.gap"), 1)[0]
     assert orjson.loads(gap["details"])["refused_events"] >= 1
@@ -212,13 +241,9 @@ def test_store_unavailable_fails_closed_with_503(make_stack: StackFactory) -> No
 
 def test_store_unavailable_fail_open_forwards_and_records_later(make_stack: StackFactory) -> None:
     stack = make_stack(audit=AuditSettings(fail_mode="open"))  # type: ignore[arg-type]
-    blocker = sqlite3.connect(stack.db.path, isolation_level=None)
-    try:
-        blocker.execute("BEGIN EXCLUSIVE")
+    _fill_the_disk_under_the_journal(stack)
+    with _store_locked(stack):
         assert post_messages(stack, orjson.dumps(BODY)).status_code == 200
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
     rows = _wait(lambda: [r for r in stack.interceptions() if r["status"] == 200], 1)
     assert rows[0]["last_prompt"] == "hi"
     assert _wait(lambda: stack.events("audit.gap"), 1)

@@ -11,6 +11,7 @@ import httpx2
 import openai
 import pytest
 
+from gatehouse.audit.journal import journal_dir
 from gatehouse.config import BridgeSettings, CapturePolicy
 from tests.gateway.conftest import UPSTREAM_KEY, StackFactory
 
@@ -63,7 +64,10 @@ def test_keys_never_cross_over_or_get_recorded(
 
     dump = ""
     for table in ("events", "sessions", "spend", "tokens", "users", "agents", "tool_calls"):
-        dump += str(stack.db.query(f"SELECT * FROM {table}"))
+        dump += str(stack.derived_db.query(f"SELECT * FROM {table}"))
+    journal = journal_dir(stack.db)
+    assert journal is not None and list(journal.glob("*.seg"))  # the events went through it
+    dump += "".join(p.read_bytes().decode("utf-8", "replace") for p in journal.glob("*.seg"))
     assert "x-api-key" not in dump.lower() or UPSTREAM_KEY not in dump
     assert UPSTREAM_KEY not in dump and stack.token not in dump and stack.admin_token not in dump
     logs = caplog.text

@@ -122,6 +122,6 @@ def policy_stack(simulator: Simulator, tmp_path: Path) -> Iterator[PolicyStackFa
 def deny_details(stack: Stack) -> dict[str, Any]:
     import orjson
 
-    [row] = stack.db.query("SELECT details FROM events WHERE kind = 'llm.request' AND decision = 'deny'")
+    [row] = stack.log_db.query("SELECT details FROM events WHERE kind = 'llm.request' AND decision = 'deny'")
     details: dict[str, Any] = orjson.loads(row["details"])
     return details

@@ -60,7 +60,7 @@ def test_deny_by_default_and_openai_format(policy_stack: PolicyStackFactory) -> 
         model="gpt-5-mini", max_completion_tokens=100, messages=[{"role": "user", "content": "hi"}]
     )
     assert done.choices[0].message.content
-    rows = stack.db.query("SELECT details FROM events WHERE kind = 'llm.request' AND decision = 'allow'")
+    rows = stack.log_db.query("SELECT details FROM events WHERE kind = 'llm.request' AND decision = 'allow'")
     policy = orjson.loads(rows[0]["details"])["policy"]
     assert policy["rule"] == 'templates/ci-bot.yaml:9 allow models "openai/gpt-5*"'
     assert policy["template_version"] == 1

@@ -80,7 +80,9 @@ async def test_fifty_parallel_calls_against_a_budget_for_ten_let_exactly_ten_thr
     await client.close()
 
     # Recorded: 40 denials naming the budget rule, and the spend never went over the budget.
-    denials = stack.db.query("SELECT details FROM events WHERE kind = 'llm.request' AND decision = 'deny'")
+    denials = stack.log_db.query(
+        "SELECT details FROM events WHERE kind = 'llm.request' AND decision = 'deny'"
+    )
     assert len(denials) == 40
     policy = orjson.loads(denials[0]["details"])["policy"]
     assert policy["rule"] == f"templates/metered.yaml:5 budget per agent: {budget:g} USD per day"
@@ -116,7 +118,9 @@ def test_rate_limit_answers_429_with_retry_after_in_both_formats(
     assert int(exc2.value.response.headers["retry-after"]) >= 1
     assert len(stack.sim.requests()) == 3
 
-    denials = stack.db.query("SELECT details FROM events WHERE kind = 'llm.request' AND decision = 'deny'")
+    denials = stack.log_db.query(
+        "SELECT details FROM events WHERE kind = 'llm.request' AND decision = 'deny'"
+    )
     assert [orjson.loads(d["details"])["status"] for d in denials] == [429, 429]
 
 

@@ -30,6 +30,7 @@ from pydantic import SecretStr
 
 import gatehouse.api.app as api_app
 from gatehouse.api.oidc import SSO_KEY, add_oidc_routes
+from gatehouse.audit.journal import drain_all
 from gatehouse.config import Settings, StoreSettings
 from gatehouse.identity.oidc_settings import OIDCSettings
 from gatehouse.server import Gatehouse, build, create_app
@@ -214,6 +215,7 @@ class SSOStack:
         return Browser(self)
 
     def events(self, kind: str) -> list[dict[str, Any]]:
+        drain_all(self.gh.db)  # what the server journaled, chained into the log (as every reader does)
         rows = self.gh.db.query("SELECT * FROM events WHERE kind = ? ORDER BY seq", (kind,))
         return [{**r, "details": orjson.loads(r["details"])} for r in rows]
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from gatehouse.api.oidc import SSO_KEY
+from gatehouse.audit.journal import drain_all
 from gatehouse.identity.service import Actor
 from tests.sso.conftest import Browser, SSOStack, StackFactory, query_of, with_query
 
@@ -85,6 +86,7 @@ def test_admin_login_provisions_the_user_and_the_session_reads_the_api(
     assert details["issuer"] == stack.provider.issuer and details["subject"] == name
     assert details["role"] == "admin" and details["role_groups"] == ["developers", "gatehouse-admins"]
     assert details["teams"] == ["platform"] and details["provisioned"] is True
+    drain_all(stack.gh.db)
     assert secret not in str(stack.gh.db.query("SELECT details FROM events"))
 
 

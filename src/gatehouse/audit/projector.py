@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
-from gatehouse.audit import worker
+from gatehouse.audit import journal, worker
 from gatehouse.audit.events import CONTENT_COLUMNS, Event, event_from_tuple
 from gatehouse.store.db import Database, Tx
 
@@ -55,9 +55,10 @@ class Projector:
         self.batch = batch
 
     def behind(self, db: Database) -> bool:
-        """Are there events the derived tables do not reflect yet? One indexed read."""
+        """Are there events the derived tables do not reflect yet? One indexed read, and the journal's
+        sizes."""
         mark, head = self._marks(db)
-        return mark < head
+        return mark < head or journal.pending(db)
 
     def _marks(self, db: Database) -> tuple[int, int]:
         """(last projected seq, last seq in the log)."""
@@ -69,14 +70,23 @@ class Projector:
         return (0, 0) if row is None else (int(row["done"] or 0), int(row["head"]))
 
     def catch_up(self, db: Database, *, max_events: int | None = None) -> int:
-        """Project the events appended since the last pass; return how many were read."""
+        """Project the events appended since the last pass, and those the journal holds (chained into the
+        log first); return how many were projected."""
         done = 0
         while max_events is None or done < max_events:
+            step = self.batch if max_events is None else min(self.batch, max_events - done)
             mark, head = self._marks(db)
             if head <= mark:
-                return done
+                # Up to date with the log: chain the journal's next events and project them as they are,
+                # without reading them back, if they follow the mark (another writer may have appended in
+                # between: then they are read back with those).
+                fresh = journal.drain(db, max_events=step)
+                if not fresh:
+                    return done
+                if fresh[0].seq == mark + 1 and self._apply(db, mark, fresh, fresh[-1].seq):
+                    done += len(fresh)
+                continue
             # Up to the head read first: every event up to it is committed, so none is skipped.
-            step = self.batch if max_events is None else min(self.batch, max_events - done)
             rows = db.query_tuples(
                 f"SELECT {CONTENT_COLUMNS} FROM events WHERE seq > ? AND seq <= ? AND pruned_by IS NULL"
                 " ORDER BY seq LIMIT ?",
@@ -84,21 +94,24 @@ class Projector:
             )
             # A short batch reaches the head: pruned events in between have nothing left to project.
             last = int(rows[-1][0]) if len(rows) == step else head
-            events = [event_from_tuple(r) for r in rows]
-            with db.transaction(derived=True) as tx:
-                lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
-                now = tx.one(f"SELECT seq FROM projection_state WHERE name = ?{lock}", (self.name,))
-                if now is None:
-                    tx.execute("INSERT INTO projection_state (name, seq) VALUES (?, 0)", (self.name,))
-                elif int(now["seq"]) != mark:
-                    continue  # another pass got there first: read again from its mark
-                for project in self.projections:
-                    project(tx, events)
-                tx.execute("UPDATE projection_state SET seq = ? WHERE name = ?", (last, self.name))
-            done += len(rows)
-            if last == head:
-                return done
+            if self._apply(db, mark, [event_from_tuple(r) for r in rows], last):
+                done += len(rows)
         return done
+
+    def _apply(self, db: Database, mark: int, events: Sequence[Event], last: int) -> bool:
+        """Project `events` (the log after `mark`, up to `last`) and move the mark to `last`, unless
+        another pass moved it first (False: read again from its mark)."""
+        with db.transaction(derived=True) as tx:
+            lock = " FOR UPDATE" if db.dialect == "postgresql" else ""
+            now = tx.one(f"SELECT seq FROM projection_state WHERE name = ?{lock}", (self.name,))
+            if now is None:
+                tx.execute("INSERT INTO projection_state (name, seq) VALUES (?, 0)", (self.name,))
+            elif int(now["seq"]) != mark:
+                return False
+            for project in self.projections:
+                project(tx, events)
+            tx.execute("UPDATE projection_state SET seq = ? WHERE name = ?", (last, self.name))
+        return True
 
     def step(self, db: Database) -> bool:
         """A writer-process task (`AuditWriter(process_tasks=...)`): one batch; True while more remain."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gatehouse.audit import timemap
+from gatehouse.audit import journal, timemap
 from gatehouse.audit.search import catch_up, document, match_clause, snippet
 from gatehouse.store.db import Database, Row
 from gatehouse.timeutil import iso
@@ -65,6 +65,7 @@ class Page:
 
 def timeline(db: Database, f: EventFilter) -> Page:
     """Events matching the filter, in causal (seq) order, a page at a time."""
+    journal.drain_all(db)
     after = _cursor(f.cursor)
     limit = _limit(f.limit)
     f = _resolved(db, f)
@@ -121,6 +122,7 @@ def _runs_query(
 
 def search(db: Database, query: str, f: EventFilter | None = None, *, catch_up_index: bool = True) -> Page:
     """Events whose indexed text matches `query` (see gatehouse.audit.search), newest first."""
+    journal.drain_all(db)
     f = f or EventFilter()
     if catch_up_index:
         catch_up(db)
@@ -150,6 +152,7 @@ def search(db: Database, query: str, f: EventFilter | None = None, *, catch_up_i
 
 def get_event(db: Database, event_id: str) -> dict[str, Any] | None:
     """One event by id (or by seq, given as digits)."""
+    journal.drain_all(db)
     column = "e.seq" if event_id.isdigit() else "e.id"
     key: Any = int(event_id) if event_id.isdigit() else event_id
     row = db.query_one(f"SELECT {_EVENT_SELECT} FROM events e{_NAMES} WHERE {column} = ?", (key,))
@@ -158,6 +161,7 @@ def get_event(db: Database, event_id: str) -> dict[str, Any] | None:
 
 def tail(db: Database, *, after_seq: int | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """The last `limit` events (after_seq None), or up to `limit` events after `after_seq`, in seq order."""
+    journal.drain_all(db)
     limit = _limit(limit)
     if after_seq is None:
         rows = db.query(f"SELECT {_EVENT_SELECT} FROM events e{_NAMES} ORDER BY e.seq DESC LIMIT ?", (limit,))

@@ -43,6 +43,7 @@ from typing import IO, Any, Literal
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gatehouse.audit import journal
 from gatehouse.audit.chain import CHAINED_COLUMNS, GENESIS_HASH
 from gatehouse.audit.checkpoints import Checkpoint, key_id, signature_valid
 from gatehouse.audit.events import now_us
@@ -613,6 +614,7 @@ def verify_database(
 ) -> VerifyReport:
     """Walk the whole retained chain in one read snapshot. Stops at the first break unless `max_breaks`
     allows more (each later break is reported after resynchronising on the broken event)."""
+    journal.drain_all(db)  # what was acknowledged but not yet chained is verified too
     with _snapshot(db) as snap:
         head = snap.head()
         checkpoints = snap.checkpoints()

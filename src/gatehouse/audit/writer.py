@@ -42,25 +42,19 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from gatehouse.audit import journal as journal_
 from gatehouse.audit import worker
-from gatehouse.audit.chain import event_hash
+from gatehouse.audit.chain import append_to_chain
 from gatehouse.audit.events import Event, now_us
 from gatehouse.audit.export.source import events_by_id
 from gatehouse.audit.projector import Projection
-from gatehouse.store.db import Database, StoreBusy, StoreError, Tx
+from gatehouse.store.db import Database, StoreBusy, Tx
 
 log = logging.getLogger(__name__)
 
 # An observer learns of events once they are committed (metrics, export wake-ups). It runs on the writer
 # thread, so it must be quick and must not raise.
 Observer = Callable[[Sequence[Event], float], None]
-
-_INSERT = (
-    "INSERT INTO events (seq, id, ts, kind, actor_user, actor_agent, actor_token, on_behalf_of, workspace,"
-    " session, parent, decision, resource, details, prev_hash, hash)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
 
 # Loop turns an inline SQLite commit waits for more appends. Measured at 16 clients (docs/benchmarks.md,
 # session 3): 2 turns 6.8 events per commit, 3 turns 8.0 and 6 % less CPU per call; no change at 1 client.
@@ -84,44 +78,15 @@ class AuditUnavailable(Exception):
 
 
 def append_events(tx: Tx, events: Sequence[Event], projections: Sequence[Projection] = ()) -> None:
-    """Chain and insert `events` inside an open transaction. Used by the writer thread for batches and
-    directly by admin commands, whose change and its event must commit together."""
+    """Chain and insert `events` inside an open transaction, after whatever the journal holds (so the log
+    keeps the order in which events were acknowledged). Used by the writer for batches and directly by
+    admin commands, whose change and its event must commit together."""
     if not events:
         return
-    lock = " FOR UPDATE" if tx.db.dialect == "postgresql" else ""
-    head = tx.one(f"SELECT seq, hash FROM chain_head WHERE id = 1{lock}")
-    if head is None:
-        raise StoreError("the event log has no chain head: run `gatehouse migrate`")
-    seq, prev = int(head["seq"]), str(head["hash"])
-    rows = []
-    for event in events:
-        seq += 1
-        details = event.details_json()
-        values = (
-            seq,
-            event.id,
-            event.ts,
-            event.kind,
-            event.actor_user,
-            event.actor_agent,
-            event.actor_token,
-            event.on_behalf_of,
-            event.workspace,
-            event.session,
-            event.parent,
-            event.decision,
-            event.resource,
-            details,
-            prev,
-        )
-        digest = event_hash(values)
-        event.seq, event.prev_hash, event.hash = seq, prev, digest
-        rows.append((*values, digest))
-        prev = digest
-    tx.executemany(_INSERT, rows)
-    tx.execute("UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
+    drained = journal_.drain_into(tx)
+    append_to_chain(tx, events)
     for project in projections:
-        project(tx, events)
+        project(tx, [*drained, *events])
 
 
 @dataclass(slots=True)
@@ -145,6 +110,7 @@ class AuditWriter:
         observers: Sequence[Observer] = (),
         process: bool = False,
         process_tasks: Sequence[Callable[[Database], bool]] = (),
+        journal: bool = False,
     ) -> None:
         self.db = db
         self.projections = tuple(projections)
@@ -168,6 +134,9 @@ class AuditWriter:
         self._pending: list[tuple[Sequence[Event], asyncio.Future[None] | None]] = []
         self._flush_scheduled = False
         self._busy_since: float | None = None
+        # SQLite without the writer process: appends go to the journal (see `gatehouse.audit.journal`).
+        self._use_journal = journal and not process
+        self._journal: journal_.Journal | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -175,12 +144,24 @@ class AuditWriter:
         if self._thread is None:
             if self._process:
                 self._link = self._spawn()
+            elif self._use_journal:
+                self._journal = self._open_journal()
             if self._link is None:
                 self.db.checkpoint_in_background()
             else:
                 self.db.leave_checkpoints_to_others()
             self._thread = threading.Thread(target=self._run, name="gatehouse-audit-writer", daemon=True)
             self._thread.start()
+
+    def _open_journal(self) -> journal_.Journal | None:
+        try:
+            taken = journal_.Journal.open(self.db)
+        except OSError as exc:
+            log.error("audit journal unavailable (%s): events are committed one batch at a time", exc)
+            return None
+        if taken is None and self.db.dialect == "sqlite":
+            log.info("audit journal held by another process: events are committed one batch at a time")
+        return taken
 
     def _spawn(self) -> worker.WorkerLink | None:
         started = worker.spawn(
@@ -201,7 +182,15 @@ class AuditWriter:
         )
 
     def close(self, timeout: float = 10.0) -> None:
-        """Flush what is queued and stop the thread (and the writer process)."""
+        """Flush what is queued and stop the thread (and the writer process); chain what is journaled."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+            try:
+                while journal_.drain(self.db, max_events=self.max_batch * 10):
+                    pass
+            except Exception as exc:  # it stays in the journal: the next drain chains it
+                log.warning("audit journal: not drained at close: %s", exc)
         if self._pending:
             self._flush_inline()
         if self._link is not None:
@@ -226,6 +215,8 @@ class AuditWriter:
     async def append(self, *events: Event) -> None:
         """Return once `events` are durable. Raises AuditUnavailable if they cannot be (fail closed);
         fail-open writers never raise: the events wait in the retry buffer."""
+        if self._journaled(events):
+            return
         loop = asyncio.get_running_loop()
         if self._inline_here(loop):
             waiter: asyncio.Future[None] = loop.create_future()
@@ -239,6 +230,8 @@ class AuditWriter:
 
     def append_nowait(self, *events: Event) -> None:
         """Queue events whose durability nobody waits for (bookkeeping that follows an action)."""
+        if self._journaled(events):
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -251,9 +244,25 @@ class AuditWriter:
 
     def append_sync(self, *events: Event, timeout: float = 30.0) -> None:
         """For callers outside any event loop (threads, scripts): return once `events` are durable."""
+        if self._journaled(events):
+            return
         future: Future[None] = Future()
         self._queue.put((events, future, False))
         future.result(timeout)
+
+    def _journaled(self, events: Sequence[Event]) -> bool:
+        """Make `events` durable in the journal, if there is one; False if they must be committed."""
+        taken = self._journal
+        if taken is None or not taken.usable:
+            return False
+        started = time.perf_counter()
+        try:
+            taken.write(events)
+        except journal_.JournalError as exc:
+            log.warning("audit journal refused %d event(s): %s", len(events), exc)
+            return False
+        self._committed(events, time.perf_counter() - started)
+        return True
 
     # -- the event-loop path (SQLite) ----------------------------------------------------------------
 

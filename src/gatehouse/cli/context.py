@@ -29,11 +29,14 @@ class Context:
     @property
     def db(self) -> Database:
         if self._db is None:
+            from gatehouse.audit.journal import drain_all
             from gatehouse.server import open_store
             from gatehouse.store.migrations import migrate
 
             self._db = open_store(self.settings)
             migrate(self._db)
+            # What a running server acknowledged but has not chained yet belongs in what the CLI reads.
+            drain_all(self._db)
         return self._db
 
     @property

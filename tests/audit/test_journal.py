@@ -1,0 +1,230 @@
+"""The event journal (gatehouse.audit.journal): what the serving loop makes durable with one write(2) is
+chained into the log exactly once, in the order it was acknowledged, whoever drains it; torn and damaged
+records are skipped and recorded, never chained."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gatehouse.audit import journal
+from gatehouse.audit.events import Event
+from gatehouse.audit.journal import Journal, JournalError, drain, drain_all, journal_dir, pending, segments
+from gatehouse.audit.projector import Projector
+from gatehouse.audit.verify import verify_database
+from gatehouse.audit.writer import AuditWriter, append_events
+from gatehouse.store.db import Database, Tx
+from gatehouse.store.migrations import migrate
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'gatehouse.db'}")
+    migrate(db)
+    yield db
+    db.close()
+
+
+def owned(db: Database) -> Journal:
+    taken = Journal.open(db)
+    assert taken is not None
+    return taken
+
+
+def ticks(*numbers: int, kind: str = "test.tick") -> list[Event]:
+    return [Event(kind=kind, details={"n": n}, session="s1") for n in numbers]
+
+
+def logged(db: Database) -> list[tuple[str, int | None]]:
+    rows = db.query("SELECT kind, details FROM events ORDER BY seq")
+    return [(r["kind"], orjson.loads(r["details"]).get("n")) for r in rows]
+
+
+def segment_file(db: Database, number: int) -> Path:
+    directory = journal_dir(db)
+    assert directory is not None
+    return directory / f"{number:012d}.seg"
+
+
+def test_journaled_events_are_chained_once_in_order(store: Database) -> None:
+    j = owned(store)
+    j.write(ticks(1, 2))
+    j.write(ticks(3))
+    assert store.query("SELECT * FROM events") == []  # durable in the journal, not yet in the log
+    assert pending(store)
+    chained = drain(store)
+    assert [e.seq for e in chained] == [1, 2, 3] and all(e.hash for e in chained)
+    assert logged(store) == [("test.tick", 1), ("test.tick", 2), ("test.tick", 3)]
+    assert not pending(store) and drain(store) == []
+    j.write(ticks(4))
+    assert drain_all(store) == 1
+    assert logged(store)[-1] == ("test.tick", 4)
+    assert verify_database(store).ok
+    j.close()
+
+
+def test_the_log_keeps_the_order_of_acknowledgement(store: Database) -> None:
+    """An event committed directly (an admin change) after a journaled one is chained after it."""
+    j = owned(store)
+    j.write(ticks(1))
+    with store.transaction() as tx:
+        append_events(tx, ticks(2, kind="admin.test"))
+    j.write(ticks(3))
+    drain_all(store)
+    assert logged(store) == [("test.tick", 1), ("admin.test", 2), ("test.tick", 3)]
+    assert verify_database(store).ok
+    j.close()
+
+
+def test_a_record_being_written_waits_and_a_torn_one_is_skipped(store: Database) -> None:
+    j = owned(store)
+    j.write(ticks(1))
+    path = segment_file(store, j.segment)
+    whole = path.read_bytes()
+    j.write(ticks(2))
+    second = path.read_bytes()[len(whole) :]
+    j.close()
+    # As a reader sees a write in progress: the second record's first half.
+    path.write_bytes(whole + second[: len(second) // 2])
+    assert [e.details["n"] for e in drain(store)] == [1]
+    assert drain(store) == []  # the writer may still finish it: wait
+    # The writer died there: the next one starts a new segment, and the torn tail is skipped and said so.
+    j = owned(store)
+    j.write(ticks(3))
+    drain_all(store)
+    assert logged(store) == [("test.tick", 1), ("audit.gap", None), ("test.tick", 3)]
+    gap = store.query_one("SELECT details FROM events WHERE kind = 'audit.gap'")
+    assert gap is not None and "cut short" in orjson.loads(gap["details"])["reason"]
+    assert verify_database(store).ok
+    j.close()
+
+
+def test_a_damaged_record_is_skipped_and_recorded(store: Database) -> None:
+    j = owned(store)
+    j.write(ticks(1))
+    j.write(ticks(2))
+    j.write(ticks(3))
+    path = segment_file(store, j.segment)
+    j.close()
+    data = bytearray(path.read_bytes())
+    middle = data.index(b'{"n":2}')
+    data[middle + 5] = ord("7")  # the CRC no longer matches
+    path.write_bytes(bytes(data))
+    owned(store).close()  # a later writer: the segment is final
+    drain_all(store)
+    assert logged(store) == [("test.tick", 1), ("audit.gap", None), ("test.tick", 3)]
+    gap = store.query_one("SELECT details FROM events WHERE kind = 'audit.gap'")
+    assert gap is not None and "damaged" in orjson.loads(gap["details"])["reason"]
+
+
+def test_segments_roll_over_and_drained_ones_are_deleted(
+    store: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "SEGMENT_BYTES", 300)
+    j = owned(store)
+    for n in range(20):
+        j.write(ticks(n))
+    directory = journal_dir(store)
+    assert directory is not None
+    assert len(segments(directory)) > 3
+    assert [n for _, n in logged(store)] == []
+    drain_all(store)
+    assert [n for _, n in logged(store)] == list(range(20))
+    assert segments(directory) == [j.segment]  # the finished ones are gone
+    j.close()
+
+
+def test_one_process_writes_the_journal(store: Database) -> None:
+    first = owned(store)
+    assert Journal.open(store) is None
+    first.close()
+    second = owned(store)
+    assert second.segment == first.segment + 1  # never appends after a record a writer may have torn
+    second.close()
+
+
+def test_concurrent_drains_chain_each_record_once(store: Database) -> None:
+    j = owned(store)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def drainer() -> None:
+        other = Database(store.url)
+        try:
+            while not stop.is_set():
+                drain(other, max_events=7)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            other.close()
+
+    threads = [threading.Thread(target=drainer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for n in range(0, 600, 3):
+        j.write(ticks(n, n + 1, n + 2))
+    stop.set()
+    for t in threads:
+        t.join()
+    drain_all(store)
+    assert not errors
+    assert [n for _, n in logged(store)] == list(range(600))
+    assert verify_database(store).ok
+    j.close()
+
+
+def test_the_projector_projects_what_it_drains(store: Database) -> None:
+    seen: list[int] = []
+
+    def project(_tx: Tx, events: list[Event]) -> None:
+        seen.extend(e.seq for e in events)
+
+    projector = Projector([project])
+    j = owned(store)
+    j.write(ticks(1, 2))
+    with store.transaction() as tx:
+        append_events(tx, ticks(3, kind="admin.test"))
+    j.write(ticks(4))
+    assert projector.behind(store)
+    assert projector.catch_up(store) == 4
+    assert seen == [1, 2, 3, 4] and not projector.behind(store)
+    j.close()
+
+
+async def test_the_writer_journals_and_falls_back_to_committing(store: Database) -> None:
+    writer = AuditWriter(store, journal=True)
+    writer.start()
+    try:
+        first = Event(kind="test.journaled")
+        await writer.append(first)
+        assert first.seq == 0 and pending(store)  # acknowledged from the journal
+        # The disk fills up: the journal gives up and the event is committed instead, after the first.
+        taken = writer._journal
+        assert taken is not None
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, taken._fd)
+        os.close(full)
+        second = Event(kind="test.committed")
+        await asyncio.wait_for(writer.append(second), 10)
+        assert not taken.usable and second.seq == 2
+        with pytest.raises(JournalError):
+            taken.write(ticks(0))
+        assert [k for k, _ in logged(store)] == ["test.journaled", "test.committed"]
+    finally:
+        writer.close()
+    assert verify_database(store).ok
+
+
+async def test_closing_the_writer_chains_the_journal(store: Database) -> None:
+    writer = AuditWriter(store, journal=True)
+    writer.start()
+    await asyncio.gather(*(writer.append(e) for e in ticks(*range(50))))
+    writer.close()
+    assert sorted(n for _, n in logged(store) if n is not None) == list(range(50))
+    assert not pending(store)
