@@ -96,7 +96,10 @@ def _gatehouse_app(args: argparse.Namespace, data_dir: Path) -> tuple[web.Applic
         store=StoreSettings(
             url=f"sqlite:///{data_dir / 'gatehouse.db'}", sqlite_synchronous=args.synchronous
         ),
-        audit=AuditSettings(writer_process={"process": True, "in-process": False}.get(args.audit)),
+        audit=AuditSettings(
+            writer_process={"process": True, "in-process": False, "journal": False}.get(args.audit),
+            journal=args.audit == "journal",
+        ),
         bridge=BridgeSettings(capture=CapturePolicy(args.capture)),
         providers={
             "anthropic": ProviderSettings(
@@ -198,10 +201,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output-words", type=int, default=24, help="simulator: words per answer")
     parser.add_argument(
         "--audit",
-        choices=("on", "process", "in-process", "off"),
+        choices=("on", "process", "in-process", "journal", "off"),
         default="on",
         help="gatehouse: on = as `gatehouse serve` decides (audit.writer_process unset), process = writer"
-        " process, in-process = commits on the event loop, off = no-op writer",
+        " process, in-process = commits on the event loop, journal = the event journal, off = no-op writer",
     )
     parser.add_argument("--capture", default="last_prompt", help="gatehouse: metadata, last_prompt or full")
     parser.add_argument(

@@ -91,6 +91,9 @@ class AuditSettings(_Section):
     # Commit in a separate writer process (another core) rather than in the server. Unset: only where
     # there is no journal and a core to spare for it (see `use_writer_process`).
     writer_process: bool | None = None
+    # SQLite with `sqlite_synchronous = "normal"`: make events durable in the event journal and chain
+    # them after the fact (docs/audit.md, "The journal"). Off by default until it measures faster.
+    journal: bool = False
     # Without the writer process, derived tables are kept up to date by a process of their own (true) or
     # by a thread of the server (false; no extra process, but its CPU is taken from the serving loop).
     projector_process: bool = True
@@ -99,13 +102,13 @@ class AuditSettings(_Section):
 
     def use_writer_process(self, store: StoreSettings) -> bool:
         """The writer process takes a commit's CPU off the serving core but adds an IPC round trip and
-        some CPU of its own. On SQLite with `sqlite_synchronous = "normal"` the journal takes less of the
-        serving core than sending events to the process does (docs/audit.md), so it is not used there;
-        otherwise it pays where a core is free for it (on 2 CPUs, shared with the clients and upstreams,
-        it measured no faster than committing in-process: docs/benchmarks.md), from 4 CPUs up."""
+        some CPU of its own. Where the journal is on, it takes less of the serving core than sending
+        events to the process does (docs/audit.md), so the process is not used there; otherwise it pays
+        where a core is free for it (on 2 CPUs, shared with the clients and upstreams, it measured no
+        faster than committing in-process: docs/benchmarks.md), from 4 CPUs up."""
         if self.writer_process is not None:
             return self.writer_process
-        if store.url.startswith("sqlite:") and store.sqlite_synchronous == "normal":
+        if self.journal and store.url.startswith("sqlite:") and store.sqlite_synchronous == "normal":
             return False
         return (os.cpu_count() or 1) >= WRITER_PROCESS_MIN_CPUS
 

@@ -73,7 +73,7 @@ def build(settings: Settings, *, policy: PolicySettings | None = None) -> Gateho
         process=settings.audit.use_writer_process(settings.store),
         process_tasks=[derived.step, timemap.step],
         # Every append commits under `full`: a journal write is not fsynced.
-        journal=settings.store.sqlite_synchronous == "normal",
+        journal=settings.audit.journal and settings.store.sqlite_synchronous == "normal",
     )
     identity = IdentityService(db)
     metrics.writer, metrics.exporter, metrics.identity = writer, exporter, identity

@@ -78,7 +78,8 @@ class Server:
                 self.proc.wait(5)
 
 
-def test_kill_9_mid_load_loses_no_acknowledged_call(tmp_path: Path, upstream: str) -> None:
+@pytest.mark.parametrize("journal", [False, True], ids=["commit", "journal"])
+def test_kill_9_mid_load_loses_no_acknowledged_call(tmp_path: Path, upstream: str, journal: bool) -> None:
     db_path = tmp_path / "gatehouse.db"
     db = Database(f"sqlite:///{db_path}")
     migrate(db)
@@ -95,6 +96,9 @@ port = {port}
 
 [store]
 url = "sqlite:///{db_path}"
+
+[audit]
+journal = {"true" if journal else "false"}
 
 [providers.anthropic]
 type = "anthropic"

@@ -140,6 +140,22 @@ def test_segments_roll_over_and_drained_ones_are_deleted(
     j.close()
 
 
+def test_a_backlog_is_drained_a_part_of_a_segment_at_a_time(
+    store: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "_READ_BYTES", 200)
+    j = owned(store)
+    j.write([Event(kind="test.big", details={"text": "x" * 500})])  # one record longer than a read
+    for n in range(30):
+        j.write(ticks(n))
+    first = drain(store, max_events=4)
+    assert [e.kind for e in first] == ["test.big"]  # a read ends after the record it holds
+    assert len(drain(store, max_events=4)) <= 4
+    drain_all(store)
+    assert [n for _, n in logged(store)] == [None, *range(30)]
+    j.close()
+
+
 def test_one_process_writes_the_journal(store: Database) -> None:
     first = owned(store)
     assert Journal.open(store) is None

@@ -219,7 +219,7 @@ def _store_locked(stack: Stack) -> Iterator[None]:
 
 
 def test_a_locked_store_does_not_hold_up_calls_made_durable_in_the_journal(make_stack: StackFactory) -> None:
-    stack = make_stack()
+    stack = make_stack(audit=AuditSettings(journal=True))
     with _store_locked(stack):
         assert post_messages(stack, orjson.dumps(BODY)).status_code == 200
     [call] = stack.interceptions()
@@ -228,7 +228,7 @@ def test_a_locked_store_does_not_hold_up_calls_made_durable_in_the_journal(make_
 
 
 def test_store_unavailable_fails_closed_with_503(make_stack: StackFactory) -> None:
-    stack = make_stack()
+    stack = make_stack(audit=AuditSettings(journal=True))
     _fill_the_disk_under_the_journal(stack)
     with _store_locked(stack):
         r = post_messages(stack, orjson.dumps(BODY))
@@ -240,7 +240,7 @@ def test_store_unavailable_fails_closed_with_503(make_stack: StackFactory) -> No
 
 
 def test_store_unavailable_fail_open_forwards_and_records_later(make_stack: StackFactory) -> None:
-    stack = make_stack(audit=AuditSettings(fail_mode="open"))  # type: ignore[arg-type]
+    stack = make_stack(audit=AuditSettings(fail_mode="open", journal=True))  # type: ignore[arg-type]
     _fill_the_disk_under_the_journal(stack)
     with _store_locked(stack):
         assert post_messages(stack, orjson.dumps(BODY)).status_code == 200

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from gatehouse.audit.journal import journal_dir
-from gatehouse.config import BridgeSettings, CapturePolicy
+from gatehouse.config import AuditSettings, BridgeSettings, CapturePolicy
 from tests.gateway.conftest import UPSTREAM_KEY, StackFactory
 
 
@@ -20,7 +20,7 @@ def test_keys_never_cross_over_or_get_recorded(
     make_stack: StackFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    stack = make_stack(bridge=BridgeSettings(capture=CapturePolicy.FULL))
+    stack = make_stack(bridge=BridgeSettings(capture=CapturePolicy.FULL), audit=AuditSettings(journal=True))
     seen_by_client: list[str] = []
 
     def keep(response: httpx2.Response) -> None:
