@@ -45,3 +45,12 @@ def db(db_url: str) -> Iterator[Database]:
     migrate(database)
     yield database
     database.close()
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> Iterator[Database]:
+    """A migrated SQLite store (for what only SQLite has, or needs no second dialect)."""
+    database = Database(sqlite_url)
+    migrate(database)
+    yield database
+    database.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -20,15 +19,6 @@ from gatehouse.audit.projector import Projector
 from gatehouse.audit.verify import verify_database
 from gatehouse.audit.writer import AuditWriter, append_events
 from gatehouse.store.db import Database, Tx
-from gatehouse.store.migrations import migrate
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'gatehouse.db'}")
-    migrate(db)
-    yield db
-    db.close()
 
 
 def owned(db: Database) -> Journal:

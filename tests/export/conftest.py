@@ -7,25 +7,13 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
-
-import pytest
 
 from gatehouse.audit.events import Event, new_id
 from gatehouse.audit.export.exporter import Exporter
 from gatehouse.audit.writer import AuditWriter
 from gatehouse.store.db import Database
-from gatehouse.store.migrations import migrate
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'gatehouse.db'}")
-    migrate(database)
-    yield database
-    database.close()
 
 
 def write(db: Database, events: list[Event]) -> list[Event]:

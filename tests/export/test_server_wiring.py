@@ -60,16 +60,17 @@ def test_requests_reach_the_sink_and_the_metrics(wired: tuple[str, Gatehouse, Pa
     client.messages.create(
         model="claude-sonnet-5", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
     )
-    # The call's events reach the sink once the projector process has chained them (about a second).
+    # The call's events reach the sink once they are in the log (with `audit.journal`, once chained).
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
+        head = gh.db.query_one("SELECT seq FROM chain_head")
         lines = path.read_bytes().splitlines() if path.exists() else []
         kinds = [orjson.loads(line)["kind"] for line in lines]
-        if kinds[-2:] == ["llm.request", "llm.response"]:
+        cursor = exporter.status["archive"].cursor
+        if kinds[-2:] == ["llm.request", "llm.response"] and head is not None and cursor == head["seq"]:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert kinds[-2:] == ["llm.request", "llm.response"]
-    head = gh.db.query_one("SELECT seq FROM chain_head")
     assert head is not None and exporter.status["archive"].cursor == head["seq"]
     text = httpx.get(f"{url}/metrics").text
     series = '{decision="allow",provider="anthropic",route="messages",status="200"}'
