@@ -26,9 +26,9 @@ from typing import Any
 from aiohttp import web
 
 from bench.common import UPSTREAM_KEY, run_async
+from gatehouse import gctuning
 from gatehouse.audit.events import Event
 from gatehouse.audit.writer import AuditWriter
-from gatehouse.serving import tune_gc_for_serving
 from gatehouse.store.db import Database
 
 
@@ -76,6 +76,14 @@ def _passthrough_app(args: argparse.Namespace) -> tuple[web.Application, dict[st
     return create_app(args.upstream), {}
 
 
+# `--audit` paths as settings; "on" and "off" keep the defaults ("off" then swaps in the no-op writer).
+_AUDIT_PATHS: dict[str, dict[str, bool]] = {
+    "process": {"writer_process": True},
+    "in-process": {"writer_process": False, "journal": False},
+    "journal": {"writer_process": False, "journal": True},
+}
+
+
 def _gatehouse_app(args: argparse.Namespace, data_dir: Path) -> tuple[web.Application, dict[str, Any]]:
     from pydantic import SecretStr
 
@@ -96,10 +104,7 @@ def _gatehouse_app(args: argparse.Namespace, data_dir: Path) -> tuple[web.Applic
         store=StoreSettings(
             url=f"sqlite:///{data_dir / 'gatehouse.db'}", sqlite_synchronous=args.synchronous
         ),
-        audit=AuditSettings(
-            writer_process={"process": True, "in-process": False, "journal": False}.get(args.audit),
-            journal=args.audit == "journal",
-        ),
+        audit=AuditSettings.model_validate(_AUDIT_PATHS.get(args.audit, {})),
         bridge=BridgeSettings(capture=CapturePolicy(args.capture)),
         providers={
             "anthropic": ProviderSettings(
@@ -162,7 +167,7 @@ async def _serve(
 
         loop.add_signal_handler(signal.SIGUSR1, mark)
     if tune_gc:
-        tune_gc_for_serving()  # as `gatehouse serve` does
+        gctuning.tune_gc()  # as `gatehouse serve` does
     print(json.dumps({"url": f"http://{host}:{bound}", "pid": os.getpid(), **extra}), flush=True)
     if profiler is not None:
         profiler.enable()
@@ -203,8 +208,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--audit",
         choices=("on", "process", "in-process", "journal", "off"),
         default="on",
-        help="gatehouse: on = as `gatehouse serve` decides (audit.writer_process unset), process = writer"
-        " process, in-process = commits on the event loop, journal = the event journal, off = no-op writer",
+        help="gatehouse: on = as `gatehouse serve` decides, process = writer process, in-process = commits"
+        " on the event loop, journal = the event journal, off = no-op writer",
     )
     parser.add_argument("--capture", default="last_prompt", help="gatehouse: metadata, last_prompt or full")
     parser.add_argument(

@@ -143,9 +143,9 @@ def test_the_writer_process_is_used_by_default_only_with_cores_to_spare_and_no_j
     committed = StoreSettings(url="sqlite:///tmp/g.db", sqlite_synchronous="full")
     postgres = StoreSettings(url="postgresql://localhost/test")
     monkeypatch.setattr("os.cpu_count", lambda: WRITER_PROCESS_MIN_CPUS)
-    assert not AuditSettings(journal=True).use_writer_process(journaled)
-    assert AuditSettings().use_writer_process(journaled)
-    assert AuditSettings(journal=True).use_writer_process(committed)
+    assert not AuditSettings().use_writer_process(journaled)  # the journal is the default
+    assert AuditSettings(journal=False).use_writer_process(journaled)
+    assert AuditSettings().use_writer_process(committed)
     assert AuditSettings().use_writer_process(postgres)
     monkeypatch.setattr("os.cpu_count", lambda: WRITER_PROCESS_MIN_CPUS - 1)
     assert not AuditSettings().use_writer_process(postgres)

@@ -92,8 +92,8 @@ class AuditSettings(_Section):
     # there is no journal and a core to spare for it (see `use_writer_process`).
     writer_process: bool | None = None
     # SQLite with `sqlite_synchronous = "normal"`: make events durable in the event journal and chain
-    # them after the fact (docs/audit.md, "The journal"). Off by default until it measures faster.
-    journal: bool = False
+    # them after the fact (docs/audit.md, "The journal"); false: commit them on the serving loop.
+    journal: bool = True
     # Without the writer process, derived tables are kept up to date by a process of their own (true) or
     # by a thread of the server (false; no extra process, but its CPU is taken from the serving loop).
     projector_process: bool = True

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import threading
 from collections.abc import Callable, Iterator
 from typing import Self
@@ -36,20 +35,6 @@ async def start_app(
     except BaseException:
         await runner.cleanup()
         raise
-
-
-# Generation-0 collections every 20,000 net allocations instead of 700: a proxied call allocates a few
-# hundred objects, nearly all freed when it ends, so the default collected several times per call for
-# nothing. Measured with `freeze` below: +0.5 % calls/s at 16 clients, +4 % at 64 (docs/benchmarks.md).
-GC_THRESHOLDS = (20_000, 50, 100)
-
-
-def tune_gc_for_serving() -> None:
-    """Once the server is built: move what start-up allocated (modules, settings, the app) out of the
-    collector's sight, so that older-generation passes do not walk it again and again."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def http_url(host: str, port: int) -> str:

@@ -234,3 +234,30 @@ async def test_closing_the_writer_chains_the_journal(store: Database) -> None:
     writer.close()
     assert sorted(n for _, n in logged(store) if n is not None) == list(range(50))
     assert not pending(store)
+
+
+def records_in(path: Path) -> int:
+    data, pos, count = path.read_bytes(), 0, 0
+    while pos < len(data):
+        pos += journal._HEADER.size + journal._HEADER.unpack_from(data, pos)[0]
+        count += 1
+    return count
+
+
+async def test_appends_on_the_loop_share_a_record(store: Database) -> None:
+    """What requests append in the same turns of the event loop is written with one write(2), and each
+    caller is answered once it is written; observers see the batch once."""
+    flushes: list[int] = []
+    writer = AuditWriter(store, journal=True, observers=[lambda events, _s: flushes.append(len(events))])
+    writer.start()
+    try:
+        await asyncio.gather(*(writer.append(e) for e in ticks(*range(20))))
+        writer.append_nowait(*ticks(20))
+        await writer.append(*ticks(21))
+        taken = writer._journal
+        assert taken is not None
+        assert records_in(segment_file(store, taken.segment)) == 2
+        assert flushes == [20, 2]
+    finally:
+        writer.close()
+    assert [n for _, n in logged(store)] == list(range(22))

@@ -3,8 +3,9 @@
 A commit is the costly part of appending to the log: a B-tree insert per event plus its id index, the
 chain head, a WAL frame for every page touched, and the waiting (a request's event waits a few loop turns
 for others to share the commit). On the serving loop, one core under the GIL, that was most of what
-auditing cost a proxied call. Here the loop appends each event to a file instead, as one `write(2)` of a
-length- and CRC-framed record, and the event is durable once that returns: it survives a `kill -9` of
+auditing cost a proxied call. Here the loop appends what its requests appended within a few of its turns
+to a file instead, as one `write(2)` of a length- and CRC-framed record (`AuditWriter` batches them as it
+would for a commit), and the events are durable once that returns: they survive a `kill -9` of
 the server, which is what SQLite promises with `synchronous=NORMAL` in WAL mode (neither is fsynced, so
 neither survives a power cut unscathed; `store.sqlite_synchronous = "full"` commits every event instead,
 as before). Chaining the journaled events into the log, inserting and projecting them happen later, in

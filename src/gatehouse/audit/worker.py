@@ -44,6 +44,7 @@ from typing import Any
 import orjson
 
 from gatehouse.audit.events import Event
+from gatehouse.gctuning import tune_gc
 from gatehouse.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,7 @@ def serve(sock: socket.socket) -> None:
                     db.checkpoint_in_background()
                 else:
                     db.leave_checkpoints_to_others()
+                tune_gc()
             if frames and config is not None and db is not None:
                 sock.sendall(b"".join(_commit(db, config, frames)))
     finally:

@@ -8,16 +8,20 @@ Callers that must not act before their event is durable `await append(...)`; it 
 holding the event has committed, so the cost of one commit is shared by every request that arrived
 meanwhile.
 
-Three paths lead there. What the serving event loop appends is collected for one loop iteration and then,
-with `process=True` (`audit.writer_process`, the server's default from 4 CPUs), sent to the writer process
-(`gatehouse.audit.worker`), which commits it on another core and acknowledges it: chaining, inserting and
-projecting cost the loop nothing but the sending. Without the process, a SQLite batch is committed on
-the loop itself (an embedded commit costs about a hundred microseconds of CPU, less than a round trip
-through another thread, which would also fight the loop for the GIL). Everything else goes through the
-writer thread: appends from other threads or loops, PostgreSQL batches without the process (the commit
-waits on the network), and every batch the fast paths could not commit (the store fails, the process
-died, or the write lock stayed taken elsewhere for longer than `_BUSY_PATIENCE_S`: a briefly taken lock is
-retried on the loop): the thread waits, retries and applies the failure policy. A batch the writer
+Four paths lead there. What the serving event loop appends is collected for a few loop iterations and
+then, with `journal=True` (`audit.journal`, the server's default on SQLite), written to the event journal
+as one record (`gatehouse.audit.journal`): durable once that `write(2)` returns, chained into the log
+later by the projector. With `process=True` (`audit.writer_process`), it is sent to the writer process
+(`gatehouse.audit.worker`), which commits it on another core and acknowledges it. Otherwise a SQLite
+batch is committed on the loop itself (an embedded commit costs about a hundred microseconds of CPU,
+less than a round trip through another thread, which would also fight the loop for the GIL). Appends
+from other threads go to the journal directly, a record each, where there is one. Everything else goes
+through the writer thread: appends from other threads or loops without a journal, PostgreSQL batches
+without the process (the commit waits on the network), and every batch the fast paths could not commit
+(the store fails, the process died, or the write lock stayed taken elsewhere for longer than
+`_BUSY_PATIENCE_S`: a briefly taken lock is retried on the loop): the thread waits, retries and applies
+the failure policy. A journal that cannot be written (its disk is full) takes nothing more: that batch
+and every later one are committed instead. A batch the writer
 process never acknowledged before it died may have committed all the same (the death fell between commit
 and acknowledgement), and so may a fail-open retry's (a connection lost during COMMIT): the thread first
 looks such events up by id and gives those found their place in the chain back instead of appending them
@@ -215,8 +219,6 @@ class AuditWriter:
     async def append(self, *events: Event) -> None:
         """Return once `events` are durable. Raises AuditUnavailable if they cannot be (fail closed);
         fail-open writers never raise: the events wait in the retry buffer."""
-        if self._journaled(events):
-            return
         loop = asyncio.get_running_loop()
         if self._inline_here(loop):
             waiter: asyncio.Future[None] = loop.create_future()
@@ -224,14 +226,14 @@ class AuditWriter:
             self._schedule_flush(loop)
             await waiter
             return
+        if self._journaled(events):
+            return
         future: Future[None] = Future()
         self._queue.put((events, future, False))
         await asyncio.wrap_future(future)
 
     def append_nowait(self, *events: Event) -> None:
         """Queue events whose durability nobody waits for (bookkeeping that follows an action)."""
-        if self._journaled(events):
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -239,7 +241,7 @@ class AuditWriter:
         if loop is not None and self._inline_here(loop):
             self._pending.append((events, None))
             self._schedule_flush(loop)
-        else:
+        elif not self._journaled(events):
             self._queue.put((events, None, False))
 
     def append_sync(self, *events: Event, timeout: float = 30.0) -> None:
@@ -308,6 +310,14 @@ class AuditWriter:
         if not events:
             return
         started = time.perf_counter()
+        if self._journal is not None and self._journal.usable:
+            try:
+                self._journal.write(events)
+            except journal_.JournalError as exc:
+                log.warning("audit journal refused %d event(s): %s", len(events), exc)
+            else:
+                self._batch_committed(batch, time.perf_counter() - started)
+                return
         try:
             if self._inline_conn is None:
                 # The log's lock alone, unless in-commit projections write derived tables too.

@@ -9,8 +9,8 @@ import click
 from aiohttp import web
 
 from gatehouse.cli.context import Context, pass_context
+from gatehouse.gctuning import tune_gc
 from gatehouse.server import build, create_app, open_store
-from gatehouse.serving import tune_gc_for_serving
 from gatehouse.store.migrations import migrate
 
 
@@ -31,7 +31,7 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
     click.echo(f"gatehouse {settings.store.url.split('://')[0]} store, providers: {names}")
     click.echo(f"listening on http://{host}:{port}  (bridge: /bridge/<provider>/, api: /api/v1/)")
     app = create_app(gh)
-    tune_gc_for_serving()
+    tune_gc()
     web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
 
 
