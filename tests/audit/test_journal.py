@@ -261,3 +261,24 @@ async def test_appends_on_the_loop_share_a_record(store: Database) -> None:
     finally:
         writer.close()
     assert [n for _, n in logged(store)] == list(range(22))
+
+
+def test_a_record_keeps_every_chained_field() -> None:
+    """The spelled-out field lists of the writer and the reader follow the chained columns."""
+    event = Event(
+        kind="k",
+        decision="deny",
+        details={"a": [1, {"b": None}]},
+        actor_user="u",
+        actor_agent="a",
+        actor_token="t",
+        on_behalf_of="o",
+        workspace="w",
+        session="s",
+        parent="p",
+        resource="r",
+    )
+    fields = journal._fields(event)
+    assert fields == [getattr(event, f) for f in journal._FIELDS]
+    again = journal._event(*orjson.loads(orjson.dumps(fields)))
+    assert [getattr(again, f) for f in journal._FIELDS] == fields

@@ -42,12 +42,12 @@ import threading
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
 from gatehouse.audit.chain import CHAINED_COLUMNS, append_to_chain
-from gatehouse.audit.events import Event, event_from_tuple
+from gatehouse.audit.events import Decision, Event
 from gatehouse.store.db import Database, Tx
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class Journal:
         """Append `events` as one record; they are durable when this returns. Raises JournalError (and
         the journal takes nothing more) if the file cannot be written."""
         try:
-            payload = orjson.dumps([[getattr(e, f) for f in _FIELDS] for e in events])
+            payload = orjson.dumps([_fields(e) for e in events])
         except TypeError as exc:
             raise JournalError(f"an event cannot be encoded: {exc}") from exc
         record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
@@ -299,9 +299,64 @@ def _records(data: bytes, pos: int, into: list[Event], max_events: int | None) -
         if zlib.crc32(payload) != crc:
             return pos, end - pos, False
         try:
-            decoded = [event_from_tuple((0, *fields)) for fields in orjson.loads(payload)]
+            decoded = [_event(*fields) for fields in orjson.loads(payload)]
         except (orjson.JSONDecodeError, TypeError, ValueError):
             return pos, end - pos, False
         into.extend(decoded)
         pos = end
     return pos, len(data) - pos, True
+
+
+def _fields(e: Event) -> list[Any]:
+    """`_FIELDS` of `e`, spelled out: twice as fast as getattr by name, and it runs on the serving loop."""
+    return [
+        e.id,
+        e.ts,
+        e.kind,
+        e.actor_user,
+        e.actor_agent,
+        e.actor_token,
+        e.on_behalf_of,
+        e.workspace,
+        e.session,
+        e.parent,
+        e.decision,
+        e.resource,
+        e.details,
+    ]
+
+
+def _event(
+    id_: str,
+    ts: int,
+    kind: str,
+    user: str | None,
+    agent: str | None,
+    token: str | None,
+    on_behalf_of: str | None,
+    workspace: str | None,
+    session: str | None,
+    parent: str | None,
+    decision: Decision,
+    resource: str | None,
+    details: dict[str, Any],
+) -> Event:
+    """An event as the loop wrote it (`_FIELDS`), not yet chained. Positional, in field order: a drain
+    builds thousands of these."""
+    if not isinstance(details, dict) or not isinstance(ts, int):
+        raise ValueError("not a journaled event")
+    return Event(
+        kind,
+        decision,
+        details,
+        user,
+        agent,
+        token,
+        on_behalf_of,
+        workspace,
+        session,
+        parent,
+        resource,
+        id_,
+        ts,
+    )
