@@ -253,17 +253,23 @@ class AuditWriter:
         future.result(timeout)
 
     def _journaled(self, events: Sequence[Event]) -> bool:
-        """Make `events` durable in the journal, if there is one; False if they must be committed."""
+        """Make `events` durable in the journal (a record of their own), if there is one; False if they
+        must be committed."""
+        started = time.perf_counter()
+        if not self._write_journal(events):
+            return False
+        self._committed(events, time.perf_counter() - started)
+        return True
+
+    def _write_journal(self, events: Sequence[Event]) -> bool:
         taken = self._journal
         if taken is None or not taken.usable:
             return False
-        started = time.perf_counter()
         try:
             taken.write(events)
         except journal_.JournalError as exc:
             log.warning("audit journal refused %d event(s): %s", len(events), exc)
             return False
-        self._committed(events, time.perf_counter() - started)
         return True
 
     # -- the event-loop path (SQLite) ----------------------------------------------------------------
@@ -310,14 +316,9 @@ class AuditWriter:
         if not events:
             return
         started = time.perf_counter()
-        if self._journal is not None and self._journal.usable:
-            try:
-                self._journal.write(events)
-            except journal_.JournalError as exc:
-                log.warning("audit journal refused %d event(s): %s", len(events), exc)
-            else:
-                self._batch_committed(batch, time.perf_counter() - started)
-                return
+        if self._write_journal(events):
+            self._batch_committed(batch, time.perf_counter() - started)
+            return
         try:
             if self._inline_conn is None:
                 # The log's lock alone, unless in-commit projections write derived tables too.
