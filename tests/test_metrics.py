@@ -23,6 +23,7 @@ from gatehouse.audit.export.settings import ExportSettings, JsonlSinkSettings
 from gatehouse.identity.service import Actor
 from gatehouse.metrics import Metrics, MetricsSettings, add_metrics_route
 from gatehouse.serving import serve_in_thread
+from gatehouse.store.db import Database
 from tests.gateway.conftest import Stack, StackFactory, make_stack, simulator  # noqa: F401 - fixtures
 
 MODEL = "claude-sonnet-5"
@@ -51,11 +52,15 @@ def scrape(url: str, token: str | None = None) -> Scrape:
     response = httpx.get(f"{url}/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=")
+    return parsed(response.text)
+
+
+def parsed(text: str) -> Scrape:
     samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for s in family.samples:
             samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return Scrape(samples, response.text)
+    return Scrape(samples, text)
 
 
 @pytest.fixture
@@ -163,11 +168,7 @@ async def test_per_user_series_and_sink_lag(tmp_path: Path) -> None:
             body, _ = metrics.render()
     finally:
         db.close()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    m = Scrape(samples, body.decode())
+    m = parsed(body.decode())
     user = {"user": "u-alice", "agent": "a-bot"}
     assert m.value("gatehouse_llm_user_requests_total", decision="allow", **user) == 1
     assert m.value("gatehouse_llm_user_tokens_total", type="input", **user) == 100
@@ -207,6 +208,28 @@ def test_disabled_metrics_add_no_route() -> None:
     app = web.Application()
     add_metrics_route(app, Metrics(MetricsSettings(enabled=False)))
     assert [r.resource.canonical for r in app.router.routes() if r.resource is not None] == []
+
+
+async def test_the_journal_backlog_is_a_gauge(store: Database) -> None:
+    """What the journal holds that is not in the log yet, in bytes, at scrape time."""
+    from gatehouse.audit import journal
+    from gatehouse.audit.writer import AuditWriter
+
+    writer = AuditWriter(store, journal=True)
+    writer.start()
+    try:
+        metrics = Metrics(MetricsSettings(), writer=writer)
+        assert parsed(metrics.render()[0].decode()).value("gatehouse_audit_journal_backlog_bytes") == 0
+        await writer.append(Event(kind="test.one"), Event(kind="test.two"))
+        directory, taken = journal.journal_dir(store), writer._journal
+        assert directory is not None and taken is not None
+        size = (directory / f"{taken.segment:012d}.seg").stat().st_size
+        backlog = parsed(metrics.render()[0].decode()).value("gatehouse_audit_journal_backlog_bytes")
+        assert size > 0 and backlog == size
+        assert journal.drain_all(store) == 2
+        assert parsed(metrics.render()[0].decode()).value("gatehouse_audit_journal_backlog_bytes") == 0
+    finally:
+        writer.close()
 
 
 def test_the_grafana_dashboard_uses_only_metrics_that_exist(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from gatehouse import __version__
+from gatehouse.audit import journal
 from gatehouse.audit.events import llm_model, llm_provider
 
 if TYPE_CHECKING:
@@ -448,6 +449,11 @@ class _LiveCollector:
                 "gatehouse_audit_queue_depth",
                 "Audit events appended but not yet committed.",
                 value=writer.queue_depth,
+            )
+            yield GaugeMetricFamily(
+                "gatehouse_audit_journal_backlog_bytes",
+                "Audit journal bytes acknowledged but not yet chained into the log.",
+                value=journal.backlog_bytes(writer.db),
             )
             yield GaugeMetricFamily(
                 "gatehouse_audit_writer_healthy",

@@ -179,21 +179,31 @@ class Journal:
 
 
 def pending(db: Database) -> bool:
-    """Has the journal records not chained yet? Reads the state and the files' sizes, without a lock."""
+    """Has the journal records not chained yet?"""
+    return backlog_bytes(db) > 0
+
+
+def backlog_bytes(db: Database) -> int:
+    """How much of the journal is not chained into the log yet, in bytes; 0 without a journal. Reads the
+    state and the files' sizes, without a lock."""
     directory = journal_dir(db)
     if directory is None:
-        return False
+        return 0
     numbers = segments(directory)
     if not numbers:
-        return False
+        return 0
     state = db.query_one("SELECT segment, byte_offset FROM journal_state WHERE id = 1")
     segment, offset = (int(state["segment"]), int(state["byte_offset"])) if state else (0, 0)
-    if numbers[-1] > segment:
-        return True
-    try:
-        return os.path.getsize(_segment_path(directory, segment)) > offset
-    except FileNotFoundError:
-        return False
+    backlog = 0
+    for number in numbers:
+        if number < segment:  # chained, and about to be deleted
+            continue
+        try:
+            size = os.path.getsize(_segment_path(directory, number))
+        except FileNotFoundError:
+            continue
+        backlog += max(size - offset, 0) if number == segment else size
+    return backlog
 
 
 def drain_all(db: Database) -> int:
