@@ -3,10 +3,11 @@
     python -m bench.variants [--mixed] [--clients 16] [--rounds 4] [--window 6] \
         NAME=AUDIT[,tree=PATH][,VAR=VALUE]...
 
-Each variant is a Gatehouse server (`bench.serve gatehouse --audit AUDIT`: off, on, in-process, process)
-run from this checkout or, with `tree=PATH`, from `PATH/src` (a copy of the tree with the change), with
-`VAR=VALUE` set in its environment. All of them and one simulator run at once; the closed-loop rounds
-against them interleave, their order rotating, so that the machine's drift hits every variant alike.
+Each variant is a Gatehouse server (`bench.serve gatehouse --audit AUDIT`: off, on, journal, in-process,
+process) run from this checkout or, with `tree=PATH`, from `PATH/src` (a copy of the tree with the
+change), with `VAR=VALUE` set in its environment. All of them and one simulator run at once; the
+closed-loop rounds against them interleave, their order rotating, so that the machine's drift hits every
+variant alike.
 The first variant is the baseline of the cost columns: the cost of the medians, and the median and range
 of each round's own cost against the baseline's run of the same round (steadier when the machine drifts
 within a run). CPU per call is split into the serving process and its child processes (the projector or
