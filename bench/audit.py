@@ -182,7 +182,7 @@ def writer_alone(mode: str, seconds: float, concurrency: int, projections: bool,
             return done, spent
 
         events, elapsed = run_async(awaited() if mode == "awaited" else bursts())
-        projected, projector_s = 0, 0.0
+        projected = 0
         t0 = time.perf_counter()
         if projections:  # with the journal, this chains the events into the log too
             projected = derived_tables("UTC").catch_up(db)
