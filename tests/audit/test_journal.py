@@ -139,8 +139,9 @@ def test_a_backlog_is_drained_a_part_of_a_segment_at_a_time(
     for n in range(30):
         j.write(ticks(n))
     first = drain(store, max_events=4)
-    assert [e.kind for e in first] == ["test.big"]  # a read ends after the record it holds
-    assert len(drain(store, max_events=4)) <= 4
+    # Reads go on, a part at a time, until the batch is full: a record longer than a read, then short ones.
+    assert [e.kind for e in first] == ["test.big", *["test.tick"] * 3]
+    assert len(drain(store, max_events=4)) == 4
     drain_all(store)
     assert [n for _, n in logged(store)] == [None, *range(30)]
     j.close()
@@ -261,6 +262,32 @@ async def test_appends_on_the_loop_share_a_record(store: Database) -> None:
     finally:
         writer.close()
     assert [n for _, n in logged(store)] == list(range(22))
+
+
+async def test_an_append_on_the_loop_is_written_at_its_next_turn(store: Database) -> None:
+    """A journal write is cheap: the loop does not hold it back for later appends to share, which made
+    every Bridge call wait several turns of a busy loop twice."""
+    writer = AuditWriter(store, journal=True)
+    writer.start()
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(count_turns())
+    try:
+        await asyncio.sleep(0)
+        start = turns
+        await writer.append(*ticks(0))
+        # Written in the turn after the append; the caller resumes in the one after that.
+        assert turns - start <= 2
+    finally:
+        counter.cancel()
+        writer.close()
+    assert [n for _, n in logged(store)] == [0]
 
 
 def test_a_record_keeps_every_chained_field() -> None:

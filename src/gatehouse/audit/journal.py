@@ -53,7 +53,7 @@ from gatehouse.store.db import Database, Tx
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 64 * 1024 * 1024
-_READ_BYTES = 4 * 1024 * 1024  # what a drain reads of a segment at a time
+_READ_BYTES = 256 * 1024  # what a drain reads of a segment at a time
 _DRAIN_BATCH = 20_000  # events per transaction of `drain_all`: the log's write lock is held that long
 _HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 _SUFFIX = ".seg"
@@ -249,25 +249,9 @@ def drain_into(tx: Tx, *, max_events: int | None = None) -> list[Event]:
         if number > segment:
             segment, offset = number, 0
         final = number != numbers[-1]
-        try:
-            with open(_segment_path(directory, number), "rb") as f:
-                f.seek(offset)
-                data, cut = _whole_records(f)
-        except FileNotFoundError:
-            data, cut = b"", False
-        pos = 0
-        while True:
-            pos, bad, torn = _records(data, pos, events, max_events)
-            if not bad or (not final and pos + bad == len(data)):
-                break  # read to the end, or to the record being written (damaged tails wait too)
-            what = "cut short (its write never returned)" if torn else "damaged"
-            reason = f"audit journal segment {number}: {bad} bytes at offset {offset + pos} {what}"
-            log.error("%s: skipped", reason)
-            events.append(Event(kind="audit.gap", decision="error", details={"reason": reason}))
-            pos += bad
-        offset += pos
-        if pos < len(data) or not final or cut:
-            break  # max_events reached, the segment the writer is on, or more of it than was read
+        offset, finished = _drain_segment(directory, number, offset, final, events, max_events)
+        if not finished:
+            break  # max_events reached, or the segment the writer is on
     if events:
         append_to_chain(tx, events)
     if (segment, offset) != (int(state["segment"]), int(state["byte_offset"])):
@@ -275,10 +259,39 @@ def drain_into(tx: Tx, *, max_events: int | None = None) -> list[Event]:
     return events
 
 
+def _drain_segment(
+    directory: Path, number: int, offset: int, final: bool, into: list[Event], max_events: int | None
+) -> tuple[int, bool]:
+    """Decode the records of segment `number` from `offset` into `into`, until `max_events` are
+    there; return the offset reached and whether the segment is finished (final, and read to its end).
+    Read a part at a time, as much as the events wanted take: reading the rest of a segment for each
+    batch made a drain read (and copy) several times what it decoded."""
+    try:
+        with open(_segment_path(directory, number), "rb") as f:
+            while max_events is None or len(into) < max_events:
+                f.seek(offset)
+                data, cut = _whole_records(f)
+                pos = 0
+                while True:
+                    pos, bad, torn = _records(data, pos, into, max_events)
+                    if not bad or (not final and pos + bad == len(data)):
+                        break  # read to the end, or to the record being written (damaged tails wait too)
+                    what = "cut short (its write never returned)" if torn else "damaged"
+                    reason = f"audit journal segment {number}: {bad} bytes at offset {offset + pos} {what}"
+                    log.error("%s: skipped", reason)
+                    into.append(Event(kind="audit.gap", decision="error", details={"reason": reason}))
+                    pos += bad
+                offset += pos
+                if pos < len(data) or not cut:
+                    return offset, final and pos == len(data)  # max_events reached, or the end of the file
+    except FileNotFoundError:
+        return offset, final
+    return offset, False
+
+
 def _whole_records(f: BinaryIO) -> tuple[bytes, bool]:
     """Up to `_READ_BYTES` from where `f` stands, cut after the last whole record in them (or one record,
-    however long); and whether more of the file follows. A drain takes a batch of events at a time:
-    reading the rest of a segment for each made a backlog cost quadratic time."""
+    however long); and whether more of the file follows."""
     data = f.read(_READ_BYTES)
     if len(data) < _READ_BYTES:
         return data, False
