@@ -63,6 +63,10 @@ Observer = Callable[[Sequence[Event], float], None]
 # Loop turns an inline SQLite commit waits for more appends. Measured at 16 clients (docs/benchmarks.md,
 # session 3): 2 turns 6.8 events per commit, 3 turns 8.0 and 6 % less CPU per call; no change at 1 client.
 _FLUSH_TURNS = 3
+# A journal write costs a fraction of a commit, and every Bridge call waits for two: at 16 clients three
+# turns cost 4 points of throughput against one or two, at 64 clients two shared more than one
+# (docs/benchmarks.md, session 19).
+_JOURNAL_TURNS = 2
 # An inline commit that finds the write lock taken (a WAL checkpoint, another writer) retries on the
 # loop every millisecond, its batch growing meanwhile, for up to this long (or the store's busy timeout,
 # if shorter) before the writer thread takes it over. Handing it over at once cost 18 ms per batch at the
@@ -292,15 +296,14 @@ class AuditWriter:
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            if self._link is not None or (self._journal is not None and self._journal.usable):
-                # The writer process groups whatever frames arrive while it commits: send at once. A
-                # journal write costs a fraction of a commit: waiting turns to share it cost more in
-                # latency than it saved (docs/benchmarks.md, session 19).
+            if self._link is not None:
+                # The writer process groups whatever frames arrive while it commits: send at once.
                 loop.call_soon(self._flush_inline)
             else:
                 # A few turns of the loop: requests whose data arrived in the same turn append in the next
                 # ones, so waiting lets them share the commit (free when the loop is idle).
-                loop.call_soon(self._flush_after, loop, _FLUSH_TURNS - 1)
+                journal = self._journal is not None and self._journal.usable
+                loop.call_soon(self._flush_after, loop, (_JOURNAL_TURNS if journal else _FLUSH_TURNS) - 1)
 
     def _flush_after(self, loop: asyncio.AbstractEventLoop, turns: int) -> None:
         if turns:
