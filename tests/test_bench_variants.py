@@ -50,7 +50,8 @@ def _mixed_run(cpu: dict[str, float], completed: int, duration_s: float = 2.0) -
 
 def test_a_mixed_run_splits_the_calls_evenly_and_charges_each_variant_its_own_processes() -> None:
     # 300 calls over two variants: 150 each in 2 s; a share of 0.3 of a core is 0.6 s, 4,000 us per call.
-    result = _mixed_run({"off": 0.3, "on": 0.45, "on/12": 0.15, "on/13": 0.075, "loadgen": 0.9}, 300)
+    # A server's own share includes its children's (0.45 serving + 0.225 children): not counted twice.
+    result = _mixed_run({"off": 0.3, "on": 0.675, "on/12": 0.15, "on/13": 0.075, "loadgen": 0.9}, 300)
     per_call = cpu_per_call(result, {"off": [], "on": ["on/12", "on/13"]})
     assert per_call["off"] == pytest.approx((4000.0, 0.0))
     assert per_call["on"] == pytest.approx((6000.0, 3000.0))
