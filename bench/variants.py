@@ -167,9 +167,11 @@ def cpu_per_call(result: LoadResult, children: dict[str, list[str]]) -> dict[str
     `result.cpu`)."""
     calls = result.completed / len(children)
     per_call = result.duration_s / calls * 1e6 if calls else float("nan")
-    shares = {name: (result.cpu[name], sum(result.cpu[key] for key in keys)) for name, keys in children.items()}
+    shares = {
+        name: (result.cpu[name], sum(result.cpu[key] for key in keys)) for name, keys in children.items()
+    }
     # A watched process's CPU includes its descendants' (`cpu_seconds`): the serving share is the rest.
-    return {name: ((family - kids) * per_call, kids * per_call) for name, (family, kids) in shares.items()}
+    return {name: ((whole - kids) * per_call, kids * per_call) for name, (whole, kids) in shares.items()}
 
 
 def added_cpu_rows(per_round: dict[str, list[tuple[float, float]]]) -> list[list[Any]]:
