@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import apsw
 import orjson
 
 from bench.common import Check, Options, Outcome, chain_links, filler, percentile, table
@@ -378,7 +378,7 @@ def generate(
     )
     active: list[_Session] = []
     prev = GENESIS_HASH
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = apsw.Connection(str(path))
     try:
         # Bulk load only: no journal, no fsync, a large page cache. Gatehouse's settings come back below.
         conn.execute("PRAGMA journal_mode=OFF")
@@ -490,7 +490,7 @@ def generate(
     return store
 
 
-def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+def _insert(conn: apsw.Connection, rows: list[tuple[Any, ...]]) -> None:
     if rows:
         conn.execute("BEGIN")
         conn.executemany(_INSERT, rows)

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
 import threading
 
+import apsw
 import pytest
 
 from gatehouse.audit.chain import GENESIS_HASH, row_hash
@@ -77,7 +77,7 @@ async def test_fail_closed_refuses_then_records_the_gap(sqlite_url: str, process
     migrate(db)
     writer = AuditWriter(db, process=process)
     writer.start()
-    blocker = sqlite3.connect(db.path, isolation_level=None)
+    blocker = apsw.Connection(str(db.path))
     try:
         blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock: the store cannot write
         with pytest.raises(AuditUnavailable):
@@ -106,7 +106,7 @@ async def test_fail_open_keeps_events_and_writes_them_when_the_store_is_back(
     migrate(db)
     writer = AuditWriter(db, fail_open=True, process=process)
     writer.start()
-    blocker = sqlite3.connect(db.path, isolation_level=None)
+    blocker = apsw.Connection(str(db.path))
     try:
         blocker.execute("BEGIN EXCLUSIVE")
         await writer.append(Event(kind="test.unrecorded", details={"n": 1}))  # does not raise
@@ -156,7 +156,7 @@ async def test_a_short_lock_held_elsewhere_delays_the_inline_commit_not_hands_it
     the batch stays on the loop (no trip through the writer thread), and what is appended meanwhile
     joins it."""
     db, writer, committed_on = _writer_recording_commits(sqlite_url)
-    blocker = sqlite3.connect(db.path, isolation_level=None)
+    blocker = apsw.Connection(str(db.path))
     try:
         blocker.execute("BEGIN IMMEDIATE")
         first = [asyncio.ensure_future(writer.append(Event(kind="test.waits"))) for _ in range(3)]
@@ -181,7 +181,7 @@ async def test_a_lock_held_elsewhere_makes_appends_wait_not_fail(sqlite_url: str
     migrate(db)
     writer = AuditWriter(db, process=process)
     writer.start()
-    blocker = sqlite3.connect(db.path, isolation_level=None)
+    blocker = apsw.Connection(str(db.path))
     try:
         blocker.execute("BEGIN IMMEDIATE")
         pending = asyncio.ensure_future(writer.append(Event(kind="test.waits")))

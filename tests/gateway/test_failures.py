@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Iterator
 
 import anthropic
+import apsw
 import httpx
 import openai
 import orjson
@@ -209,7 +209,7 @@ def _fill_the_disk_under_the_journal(stack: Stack) -> None:
 
 @contextlib.contextmanager
 def _store_locked(stack: Stack) -> Iterator[None]:
-    blocker = sqlite3.connect(stack.db.path, isolation_level=None)
+    blocker = apsw.Connection(str(stack.db.path))
     try:
         blocker.execute("BEGIN EXCLUSIVE")
         yield

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
+import apsw
 import pytest
 
 from gatehouse.audit.events import Event
@@ -13,7 +13,7 @@ from gatehouse.store.db import Database, StoreBusy
 from gatehouse.store.migrations import MIGRATIONS, _statements, migrate
 
 
-def _no_wait(conn: sqlite3.Connection) -> sqlite3.Connection:
+def _no_wait(conn: apsw.Connection) -> apsw.Connection:
     conn.execute("PRAGMA busy_timeout=0")
     return conn
 
@@ -44,7 +44,7 @@ def test_derived_tables_are_in_their_own_file_and_queried_as_one(sqlite_url: str
     db.close()
     path = Path(sqlite_url.removeprefix("sqlite:///"))
     derived = path.with_name("gatehouse.derived.db")
-    with sqlite3.connect(path) as main, sqlite3.connect(derived) as other:
+    with apsw.Connection(str(path)) as main, apsw.Connection(str(derived)) as other:
         main_tables = {r[0] for r in main.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         derived_tables = {r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"events", "chain_head", "users", "tokens"} <= main_tables
@@ -64,7 +64,7 @@ def test_derived_tables_are_in_their_own_file_and_queried_as_one(sqlite_url: str
 def test_upgrading_moves_existing_derived_rows(tmp_path: Path) -> None:
     """A store at m0008 (derived tables in the main file, with rows) upgrades without losing a row."""
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = apsw.Connection(str(path))
     conn.execute(
         "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
         " applied_at BIGINT NOT NULL)"

@@ -552,9 +552,7 @@ class _Snapshot:
 
     def rows(self, query: str, params: Sequence[Any] = ()) -> list[Row]:
         if self.db.dialect == "sqlite":
-            cur = self.conn.cursor()
-            cur.row_factory = None
-            return list(cur.execute(query, params).fetchall())
+            return list(self.conn.execute(query, params).fetchall())
         from psycopg.rows import tuple_row
 
         with self.conn.cursor(row_factory=tuple_row) as cur:

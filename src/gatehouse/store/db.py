@@ -4,6 +4,13 @@ Queries are written once with `?` placeholders; for PostgreSQL they are rewritte
 this project never contains a literal `%`). Rows come back as dicts. Each thread gets its own connection;
 writes that must be atomic with their audit events go through `transaction()`.
 
+SQLite is reached through APSW, which bundles a current SQLite, rather than the standard library's
+`sqlite3` module, which uses whatever the system has (3.40 on Debian 12). It binds parameters and builds
+rows at about half the CPU (a `None` parameter goes through `sqlite3`'s adapter lookup): the projector's
+inserts took 5.7 µs per log row with `sqlite3`, 2.9 with APSW (docs/benchmarks.md, session 21). One
+process must not open a store through both: two copies of SQLite in a process do not see each other's
+POSIX locks, and closing one's file handle drops the other's (sqlite.org/howtocorrupt.html, 2.2).
+
 SQLite keeps the derived tables (what the projector builds from the log: sessions, tool calls,
 spend, the full-text index, the time map) in a second file beside the store, attached to every
 connection as the schema `derived`, so that queries name them as if they were in one database. SQLite
@@ -18,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import apsw
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
@@ -50,9 +57,10 @@ class StoreBusy(StoreError):
 
 
 class Cursor(Protocol):
-    """The part of a DB-API cursor this project uses (sqlite3 and psycopg both satisfy it)."""
+    """The part of a DB-API cursor this project uses (psycopg's, and `_SqliteCursor`)."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def execute(self, query: Any, params: Any = ...) -> Any: ...
     def executemany(self, query: Any, params_seq: Any) -> Any: ...
@@ -85,6 +93,50 @@ class Tx:
         return [dict(r) for r in self.cursor.fetchall()]
 
 
+class _SqliteCursor:
+    """An APSW cursor as a DB-API one: rows as dicts, `rowcount`."""
+
+    __slots__ = ("_conn", "_cursor", "_rows")
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+        self._cursor = conn.cursor()
+
+    @property
+    def rowcount(self) -> int:
+        return self._conn.changes()
+
+    def execute(self, query: str, params: Params = ()) -> _SqliteCursor:
+        self._cursor.execute(query, params)
+        return self
+
+    def executemany(self, query: str, params_seq: Sequence[Params]) -> None:
+        self._cursor.executemany(query, params_seq)
+
+    def fetchone(self) -> Row | None:
+        rows = dict_rows(self._cursor, limit=1)
+        return rows[0] if rows else None
+
+    def fetchall(self) -> list[Row]:
+        return dict_rows(self._cursor)
+
+
+def dict_rows(cursor: apsw.Cursor, limit: int | None = None) -> list[Row]:
+    """The rows of an executed APSW cursor as dicts (at most `limit`)."""
+    try:
+        names = [d[0] for d in cursor.get_description()]
+    except apsw.ExecutionCompleteError:  # no rows
+        return []
+    if limit is None:
+        return [dict(zip(names, r, strict=True)) for r in cursor]
+    rows = []
+    for r in cursor:
+        rows.append(dict(zip(names, r, strict=True)))
+        if len(rows) >= limit:
+            break
+    return rows
+
+
 class Database:
     def __init__(self, url: str, *, synchronous: str = "normal", busy_timeout_ms: int = 5000) -> None:
         self.url = url
@@ -109,28 +161,27 @@ class Database:
         tables' file out (see the module's docstring)."""
         try:
             if self.dialect == "sqlite":
-                conn = sqlite3.connect(
-                    self.path,
-                    isolation_level=None,
-                    check_same_thread=False,
-                    timeout=self.busy_timeout_ms / 1000,
-                )
-                conn.row_factory = sqlite3.Row
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+                conn = apsw.Connection(str(self.path))
+                conn.set_busy_timeout(int(self.busy_timeout_ms))
+                # APSW's SQLite is built with auto-vacuum and recursive triggers on by default; the store
+                # was designed (and its existing files created) without either.
+                conn.execute("PRAGMA auto_vacuum=NONE")
+                conn.execute("PRAGMA recursive_triggers=OFF")
+                conn.execute("PRAGMA journal_mode=WAL").fetchall()
                 conn.execute("PRAGMA foreign_keys=ON")
                 if attach:
                     conn.execute("ATTACH DATABASE ? AS derived", (str(self.derived_path),))
-                    conn.execute("PRAGMA derived.journal_mode=WAL")
+                    conn.execute("PRAGMA derived.auto_vacuum=NONE")
+                    conn.execute("PRAGMA derived.journal_mode=WAL").fetchall()
                 for schema in _SCHEMAS if attach else _SCHEMAS[:1]:
                     conn.execute(f"PRAGMA {schema}.synchronous={self.synchronous.upper()}")
-                    conn.execute(f"PRAGMA {schema}.journal_size_limit={WAL_SIZE_LIMIT}")
+                    conn.execute(f"PRAGMA {schema}.journal_size_limit={WAL_SIZE_LIMIT}").fetchall()
                 if self._checkpointer is not None or self._checkpoints_elsewhere:
                     # The background checkpointer does it; a commit must not stall on a checkpoint's fsync.
                     conn.execute("PRAGMA wal_autocheckpoint=0")
                 return conn
             return psycopg.connect(self.url, row_factory=dict_row, autocommit=True)
-        except (sqlite3.Error, psycopg.Error) as exc:
+        except (apsw.Error, psycopg.Error) as exc:
             raise StoreError(f"cannot open the store: {exc}") from exc
 
     def _conn(self) -> Any:
@@ -162,21 +213,18 @@ class Database:
         self._checkpointer_stop.clear()
 
         def run() -> None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
+            conn = apsw.Connection(str(self.path))
+            conn.set_busy_timeout(_RESTART_WAIT_MS)
             conn.execute("ATTACH DATABASE ? AS derived", (str(self.derived_path),))
             try:
                 while not self._checkpointer_stop.wait(interval_s):
                     for schema in _SCHEMAS:
-                        with contextlib.suppress(sqlite3.Error):
-                            # fetchall, not fetchone: a statement left unfinished keeps its read lock, and
-                            # then the WAL cannot start over.
-                            passive = f"PRAGMA {schema}.wal_checkpoint(PASSIVE)"
-                            [(_, frames, _)] = conn.execute(passive).fetchall()
+                        with contextlib.suppress(apsw.Error):
+                            frames, _ = conn.wal_checkpoint(schema, apsw.SQLITE_CHECKPOINT_PASSIVE)
                             if frames > WAL_RESTART_FRAMES:
-                                conn.execute(f"PRAGMA {schema}.wal_checkpoint(RESTART)").fetchall()
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                                conn.wal_checkpoint(schema, apsw.SQLITE_CHECKPOINT_RESTART)
+                with contextlib.suppress(apsw.Error):
+                    conn.wal_checkpoint("main", apsw.SQLITE_CHECKPOINT_PASSIVE)
             finally:
                 conn.close()
 
@@ -219,7 +267,7 @@ class Database:
                 try:
                     if derived:
                         conn.execute("UPDATE derived.projection_state SET seq = seq WHERE 0")
-                    yield Tx(self, conn.cursor())
+                    yield Tx(self, _SqliteCursor(conn))
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
@@ -227,12 +275,12 @@ class Database:
             else:
                 with conn.transaction(), conn.cursor() as cur:
                     yield Tx(self, cur)
-        except (sqlite3.Error, psycopg.Error) as exc:
+        except (apsw.Error, psycopg.Error) as exc:
             raise self._store_error(conn, exc) from exc
 
     def _store_error(self, conn: Any, exc: Exception) -> StoreError:
         """The driver's error as ours; a connection it broke is not reused."""
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:  # and its extended codes
+        if isinstance(exc, apsw.BusyError):  # and its extended codes
             return StoreBusy(str(exc))
         if isinstance(exc, psycopg.OperationalError) or getattr(conn, "closed", False):
             self._local.conn = None
@@ -241,9 +289,10 @@ class Database:
     def query(self, query: str, params: Params = ()) -> list[Row]:
         conn = self._conn()
         try:
-            cur = conn.execute(self.sql(query), params)
-            return [dict(r) for r in cur.fetchall()]
-        except (sqlite3.Error, psycopg.Error) as exc:
+            if self.dialect == "sqlite":
+                return dict_rows(conn.execute(query, params))
+            return [dict(r) for r in conn.execute(self.sql(query), params).fetchall()]
+        except (apsw.Error, psycopg.Error) as exc:
             raise self._store_error(conn, exc) from exc
 
     def query_tuples(self, query: str, params: Params = ()) -> list[tuple[Any, ...]]:
@@ -252,12 +301,10 @@ class Database:
         conn = self._conn()
         try:
             if self.dialect == "sqlite":
-                cur = conn.cursor()
-                cur.row_factory = None
-                return cur.execute(query, params).fetchall()  # type: ignore[no-any-return]
+                return conn.execute(query, params).fetchall()  # type: ignore[no-any-return]
             with conn.cursor(row_factory=tuple_row) as cur:
                 return cur.execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
-        except (sqlite3.Error, psycopg.Error) as exc:
+        except (apsw.Error, psycopg.Error) as exc:
             raise self._store_error(conn, exc) from exc
 
     def query_one(self, query: str, params: Params = ()) -> Row | None:
