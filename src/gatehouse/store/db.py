@@ -6,8 +6,8 @@ writes that must be atomic with their audit events go through `transaction()`.
 
 SQLite is reached through APSW, which bundles a current SQLite, rather than the standard library's
 `sqlite3` module, which uses whatever the system has (3.40 on Debian 12). It binds parameters and builds
-rows at about half the CPU (a `None` parameter goes through `sqlite3`'s adapter lookup): the projector's
-inserts took 5.7 µs per log row with `sqlite3`, 2.9 with APSW (docs/benchmarks.md, session 21). One
+rows at about half the CPU (a `None` parameter goes through `sqlite3`'s adapter lookup): the log's
+insert took 5.7 µs per row with `sqlite3`, 2.9 with APSW (docs/benchmarks.md, session 21). One
 process must not open a store through both: two copies of SQLite in a process do not see each other's
 POSIX locks, and closing one's file handle drops the other's (sqlite.org/howtocorrupt.html, 2.2).
 
