@@ -96,7 +96,7 @@ class Tx:
 class _SqliteCursor:
     """An APSW cursor as a DB-API one: rows as dicts, `rowcount`."""
 
-    __slots__ = ("_conn", "_cursor", "_rows")
+    __slots__ = ("_conn", "_cursor")
 
     def __init__(self, conn: apsw.Connection) -> None:
         self._conn = conn
@@ -114,14 +114,14 @@ class _SqliteCursor:
         self._cursor.executemany(query, params_seq)
 
     def fetchone(self) -> Row | None:
-        rows = dict_rows(self._cursor, limit=1)
+        rows = _dict_rows(self._cursor, limit=1)
         return rows[0] if rows else None
 
     def fetchall(self) -> list[Row]:
-        return dict_rows(self._cursor)
+        return _dict_rows(self._cursor)
 
 
-def dict_rows(cursor: apsw.Cursor, limit: int | None = None) -> list[Row]:
+def _dict_rows(cursor: apsw.Cursor, limit: int | None = None) -> list[Row]:
     """The rows of an executed APSW cursor as dicts (at most `limit`)."""
     try:
         names = [d[0] for d in cursor.get_description()]
@@ -290,7 +290,7 @@ class Database:
         conn = self._conn()
         try:
             if self.dialect == "sqlite":
-                return dict_rows(conn.execute(query, params))
+                return _dict_rows(conn.execute(query, params))
             return [dict(r) for r in conn.execute(self.sql(query), params).fetchall()]
         except (apsw.Error, psycopg.Error) as exc:
             raise self._store_error(conn, exc) from exc
