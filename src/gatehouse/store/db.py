@@ -163,15 +163,10 @@ class Database:
             if self.dialect == "sqlite":
                 conn = apsw.Connection(str(self.path))
                 conn.set_busy_timeout(int(self.busy_timeout_ms))
-                # APSW's SQLite is built with auto-vacuum and recursive triggers on by default; the store
-                # was designed (and its existing files created) without either.
-                conn.execute("PRAGMA auto_vacuum=NONE")
-                conn.execute("PRAGMA recursive_triggers=OFF")
                 conn.execute("PRAGMA journal_mode=WAL").fetchall()
                 conn.execute("PRAGMA foreign_keys=ON")
                 if attach:
                     conn.execute("ATTACH DATABASE ? AS derived", (str(self.derived_path),))
-                    conn.execute("PRAGMA derived.auto_vacuum=NONE")
                     conn.execute("PRAGMA derived.journal_mode=WAL").fetchall()
                 for schema in _SCHEMAS if attach else _SCHEMAS[:1]:
                     conn.execute(f"PRAGMA {schema}.synchronous={self.synchronous.upper()}")
