@@ -87,7 +87,7 @@ def _child(tree: Path, store: Path, run: bool, valgrind: bool) -> tuple[int, flo
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.projector", description=__doc__.split("\n")[0])
     parser.add_argument("trees", nargs="*", type=Path, default=[ROOT])
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=20_000, help="events to journal (two per call)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per tree (CPU time: the minimum)")
     parser.add_argument("--valgrind", action="store_true", help="count instructions (callgrind), once")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
