@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -57,15 +58,15 @@ class StoreBusy(StoreError):
 
 
 class Cursor(Protocol):
-    """The part of a DB-API cursor this project uses (psycopg's, and `_SqliteCursor`)."""
+    """The part of a DB-API cursor this project uses (psycopg's, and `_SqliteCursor`), rows as dicts."""
 
     @property
     def rowcount(self) -> int: ...
 
     def execute(self, query: Any, params: Any = ...) -> Any: ...
     def executemany(self, query: Any, params_seq: Any) -> Any: ...
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
+    def fetchone(self) -> Row | None: ...
+    def fetchall(self) -> list[Row]: ...
 
 
 class Tx:
@@ -85,12 +86,11 @@ class Tx:
 
     def one(self, query: str, params: Params = ()) -> Row | None:
         self.cursor.execute(self.db.sql(query), params)
-        row = self.cursor.fetchone()
-        return None if row is None else dict(row)
+        return self.cursor.fetchone()
 
     def all(self, query: str, params: Params = ()) -> list[Row]:
         self.cursor.execute(self.db.sql(query), params)
-        return [dict(r) for r in self.cursor.fetchall()]
+        return self.cursor.fetchall()
 
 
 class _SqliteCursor:
@@ -127,14 +127,8 @@ def _dict_rows(cursor: apsw.Cursor, limit: int | None = None) -> list[Row]:
         names = [d[0] for d in cursor.get_description()]
     except apsw.ExecutionCompleteError:  # no rows
         return []
-    if limit is None:
-        return [dict(zip(names, r, strict=True)) for r in cursor]
-    rows = []
-    for r in cursor:
-        rows.append(dict(zip(names, r, strict=True)))
-        if len(rows) >= limit:
-            break
-    return rows
+    rows = cursor if limit is None else itertools.islice(cursor, limit)
+    return [dict(zip(names, r, strict=True)) for r in rows]
 
 
 class Database:
@@ -163,14 +157,14 @@ class Database:
             if self.dialect == "sqlite":
                 conn = apsw.Connection(str(self.path))
                 conn.set_busy_timeout(int(self.busy_timeout_ms))
-                conn.execute("PRAGMA journal_mode=WAL").fetchall()
+                conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA foreign_keys=ON")
                 if attach:
                     conn.execute("ATTACH DATABASE ? AS derived", (str(self.derived_path),))
-                    conn.execute("PRAGMA derived.journal_mode=WAL").fetchall()
+                    conn.execute("PRAGMA derived.journal_mode=WAL")
                 for schema in _SCHEMAS if attach else _SCHEMAS[:1]:
                     conn.execute(f"PRAGMA {schema}.synchronous={self.synchronous.upper()}")
-                    conn.execute(f"PRAGMA {schema}.journal_size_limit={WAL_SIZE_LIMIT}").fetchall()
+                    conn.execute(f"PRAGMA {schema}.journal_size_limit={WAL_SIZE_LIMIT}")
                 if self._checkpointer is not None or self._checkpoints_elsewhere:
                     # The background checkpointer does it; a commit must not stall on a checkpoint's fsync.
                     conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -286,7 +280,7 @@ class Database:
         try:
             if self.dialect == "sqlite":
                 return _dict_rows(conn.execute(query, params))
-            return [dict(r) for r in conn.execute(self.sql(query), params).fetchall()]
+            return conn.execute(self.sql(query), params).fetchall()  # type: ignore[no-any-return]
         except (apsw.Error, psycopg.Error) as exc:
             raise self._store_error(conn, exc) from exc
 
