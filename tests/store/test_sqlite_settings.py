@@ -49,3 +49,33 @@ def test_rows_come_back_as_dicts_and_tuples_and_errors_as_the_stores(tmp_path: P
             blocker.close()
     finally:
         db.close()
+
+
+def test_a_bulk_insert_runs_as_multirow_statements_with_the_same_outcome_as_one_row_at_a_time(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'g.db'}")
+    try:
+        db.query("CREATE TABLE t (k INTEGER PRIMARY KEY, n INTEGER NOT NULL, tag INTEGER)")
+        upsert = (
+            "INSERT INTO t (k, n, tag) VALUES (?, ?, 7) ON CONFLICT (k) DO UPDATE SET n = t.n + excluded.n"
+            + " " * 512  # long enough to be worth it
+        )
+        # 70 rows: two statements of 32 rows, then six one at a time; keys repeat within and across them.
+        rows = [(i % 50, i) for i in range(70)]
+        statements: list[str] = []
+        db._conn().exec_trace = lambda _cursor, sql, _bindings: statements.append(sql) or True
+        with db.transaction() as tx:
+            tx.executemany(upsert, rows)
+        db._conn().exec_trace = None
+        expected: dict[int, int] = {}
+        for k, n in rows:
+            expected[k] = expected.get(k, 0) + n
+        assert {r["k"]: r["n"] for r in db.query("SELECT k, n FROM t WHERE tag = 7")} == expected
+        inserts = [s for s in statements if s.startswith("INSERT")]
+        assert [s.count("(?, ?, 7)") for s in inserts] == [32, 32, 1, 1, 1, 1, 1, 1]
+        with db.transaction() as tx:  # anything but an INSERT of one row of values runs as it is
+            tx.executemany("UPDATE t SET n = ? WHERE k = ?", [(0, k) for k in range(50)])
+        assert db.query_one("SELECT sum(n) AS n FROM t") == {"n": 0}
+    finally:
+        db.close()

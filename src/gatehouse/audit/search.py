@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 MAX_INDEXED_CHARS = 200_000
 _NOT_WORD = re.compile(r"[\W_]+")
-_ASCII_SEPARATORS = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalnum()})
+# ASCII bytes to their lower case, or a space for anything but a letter or digit: `bytes.translate` is
+# one table lookup per byte, ~8x faster than `str.lower().translate` with a mapping.
+_ASCII_WORDS = bytes(ord(chr(c).lower()) if chr(c).isalnum() else 32 for c in range(128)) + bytes(128)
 _TERMS = re.compile(r'"([^"]*)"|(\S+)')
 _CATCH_UP_BATCH = 1000
 
@@ -45,8 +47,8 @@ _CATCH_UP_BATCH = 1000
 def normalize(text: str) -> str:
     """Letters and digits, case-folded and without accents; everything else a space (runs of spaces are
     left alone: neither index counts them)."""
-    if text.isascii():  # the common case, ~4x faster than the general one
-        return text.lower().translate(_ASCII_SEPARATORS)
+    if text.isascii():  # the common case, ~30x faster than the general one
+        return text.encode().translate(_ASCII_WORDS).decode()
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return _NOT_WORD.sub(" ", text.casefold())
 
