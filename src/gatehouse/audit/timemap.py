@@ -279,17 +279,6 @@ def _index(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
     bounds: dict[int, list[int]] = {}
     runs: dict[str, list[int]] = {}  # key -> [first, last] of its open run
     closed: list[tuple[str, int, int]] = []
-
-    def extend(k: str, seq: int) -> None:
-        run = runs.get(k)
-        if run is None:
-            runs[k] = [seq, seq]
-        elif seq - run[1] <= RANGE_GAP and seq - run[0] < RANGE_SPAN:
-            run[1] = seq
-        else:
-            closed.append((k, run[0], run[1]))
-            run[0] = run[1] = seq
-
     for seq, ts, session, agent, user, behalf, workspace in rows:
         b = bucket(ts)
         seen = bounds.get(b)
@@ -298,7 +287,14 @@ def _index(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
         else:
             seen[1] = seq  # rows come in seq order
         for k in keys_of(session, agent, user, behalf, workspace):
-            extend(k, seq)
+            run = runs.get(k)
+            if run is None:
+                runs[k] = [seq, seq]
+            elif seq - run[1] <= RANGE_GAP and seq - run[0] < RANGE_SPAN:
+                run[1] = seq
+            else:
+                closed.append((k, run[0], run[1]))
+                run[0] = run[1] = seq
     closed += [(k, first, last) for k, (first, last) in runs.items()]
     closed.sort()  # in index order: each page of the index is visited once
     tx.executemany(_UPSERT, [(b, lo, hi) for b, (lo, hi) in bounds.items()])
