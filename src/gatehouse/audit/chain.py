@@ -67,8 +67,6 @@ def append_to_chain(tx: Tx, events: Sequence[Event]) -> None:
         raise StoreError("the event log has no chain head: run `gatehouse migrate`")
     seq, prev = int(head["seq"]), str(head["hash"])
     rows = []
-    # `event_hash` and `Event.details_json` spelled out: a drain chains thousands of events at a time.
-    dumps, sort, sha256 = orjson.dumps, orjson.OPT_SORT_KEYS, hashlib.sha256
     for event in events:
         seq += 1
         values = (
@@ -85,10 +83,10 @@ def append_to_chain(tx: Tx, events: Sequence[Event]) -> None:
             event.parent,
             event.decision,
             event.resource,
-            dumps(event.details, option=sort).decode(),
+            event.details_json(),
             prev,
         )
-        digest = sha256(dumps(values)).hexdigest()
+        digest = event_hash(values)
         event.seq, event.prev_hash, event.hash = seq, prev, digest
         rows.append((*values, digest))
         prev = digest
