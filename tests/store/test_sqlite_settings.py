@@ -62,7 +62,7 @@ def test_a_bulk_insert_runs_as_multirow_statements_with_the_same_outcome_as_one_
             + " " * 512  # long enough to be worth it
         )
         # 70 rows: two statements of 32 rows, then six one at a time; keys repeat within and across them.
-        rows = [(i % 50, i) for i in range(70)]
+        rows = [(i % 20, i) for i in range(70)]
         statements: list[str] = []
         db._conn().exec_trace = lambda _cursor, sql, _bindings: statements.append(sql) or True
         with db.transaction() as tx:
@@ -75,7 +75,7 @@ def test_a_bulk_insert_runs_as_multirow_statements_with_the_same_outcome_as_one_
         inserts = [s for s in statements if s.startswith("INSERT")]
         assert [s.count("(?, ?, 7)") for s in inserts] == [32, 32, 1, 1, 1, 1, 1, 1]
         with db.transaction() as tx:  # anything but an INSERT of one row of values runs as it is
-            tx.executemany("UPDATE t SET n = ? WHERE k = ?", [(0, k) for k in range(50)])
+            tx.executemany("UPDATE t SET n = ? WHERE k = ?", [(0, k) for k in range(20)])
         assert db.query_one("SELECT sum(n) AS n FROM t") == {"n": 0}
     finally:
         db.close()
