@@ -118,7 +118,7 @@ class _SqliteCursor:
         rows (the log's insert) runs a row at a time (docs/benchmarks.md, session 22)."""
         many = None
         if len(query) >= _MULTIROW_MIN_CHARS and len(params_seq) >= _ROWS_PER_STATEMENT:
-            many = _multirow(query, _ROWS_PER_STATEMENT)
+            many = _multirow(query)
         if many is None:
             self._cursor.executemany(query, params_seq)
             return
@@ -145,8 +145,8 @@ _MULTIROW_MIN_CHARS = 512
 
 
 @lru_cache(maxsize=256)
-def _multirow(query: str, rows: int) -> str | None:
-    """`query`, an INSERT of one row of values, as an INSERT of `rows` rows; None for any other
+def _multirow(query: str) -> str | None:
+    """`query`, an INSERT of one row of values, as an INSERT of `_ROWS_PER_STATEMENT` rows; None for any other
     statement (or one whose row of values this does not take apart: nested parentheses, quotes)."""
     head, found, tail = query.partition(" VALUES (")
     if not found or not head.lstrip().upper().startswith("INSERT"):
@@ -154,7 +154,7 @@ def _multirow(query: str, rows: int) -> str | None:
     values, closed, rest = tail.partition(")")
     if not closed or any(c in values for c in "('\"") or " VALUES (" in rest:
         return None
-    return f"{head} VALUES " + ", ".join([f"({values})"] * rows) + rest
+    return f"{head} VALUES " + ", ".join([f"({values})"] * _ROWS_PER_STATEMENT) + rest
 
 
 def _dict_rows(cursor: apsw.Cursor, limit: int | None = None) -> list[Row]:
