@@ -9,6 +9,7 @@ import os
 import threading
 from pathlib import Path
 
+import apsw
 import orjson
 import pytest
 
@@ -17,8 +18,9 @@ from gatehouse.audit.events import Event
 from gatehouse.audit.journal import Journal, JournalError, drain, drain_all, journal_dir, pending, segments
 from gatehouse.audit.projector import Projector
 from gatehouse.audit.verify import verify_database
-from gatehouse.audit.writer import AuditWriter, append_events
+from gatehouse.audit.writer import AuditUnavailable, AuditWriter, append_events
 from gatehouse.store.db import Database, Tx
+from gatehouse.store.migrations import migrate
 
 
 def owned(db: Database) -> Journal:
@@ -264,9 +266,9 @@ async def test_appends_on_the_loop_share_a_record(store: Database) -> None:
     assert [n for _, n in logged(store)] == list(range(22))
 
 
-async def test_an_append_on_the_loop_waits_fewer_turns_for_a_journal_write(store: Database) -> None:
-    """A journal write is cheap: the loop holds it back for later appends to share for fewer turns than
-    a commit, for every Bridge call waits for two."""
+async def test_an_append_on_the_loop_resumes_one_turn_later_with_its_event_written(store: Database) -> None:
+    """Every Bridge call waits for two journal writes: each append waits one turn of the loop (the appends
+    of that turn share its record), not a flush a few turns later, and returns with its event durable."""
     writer = AuditWriter(store, journal=True)
     writer.start()
     turns = 0
@@ -282,12 +284,69 @@ async def test_an_append_on_the_loop_waits_fewer_turns_for_a_journal_write(store
         await asyncio.sleep(0)
         start = turns
         await writer.append(*ticks(0))
-        # Written two turns after the append (a commit: three); the caller resumes in the one after that.
-        assert turns - start <= 3
+        assert turns - start == 1
+        taken = writer._journal
+        assert taken is not None and records_in(segment_file(store, taken.segment)) == 1
     finally:
         counter.cancel()
         writer.close()
     assert [n for _, n in logged(store)] == [0]
+
+
+async def test_a_turn_whose_record_the_journal_refuses_is_committed_for_all_its_appenders(
+    store: Database,
+) -> None:
+    """The disk fills up under a turn's appends: every one of them (awaited or not) is committed instead,
+    in the order they were made, and each awaiting caller returns once that commit is done."""
+    writer = AuditWriter(store, journal=True)
+    writer.start()
+    try:
+        taken = writer._journal
+        assert taken is not None
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, taken._fd)
+        os.close(full)
+
+        async def appender(n: int) -> int | None:
+            if n == 1:
+                writer.append_nowait(*ticks(n))
+                return None
+            await writer.append(*ticks(n))
+            return len(logged(store))  # committed by the time the caller goes on
+
+        seen = await asyncio.wait_for(asyncio.gather(*(appender(n) for n in range(4))), 10)
+        assert not taken.usable and seen == [4, None, 4, 4]
+        assert [n for _, n in logged(store)] == [0, 1, 2, 3]
+    finally:
+        writer.close()
+    assert verify_database(store).ok
+
+
+async def test_a_refused_record_that_cannot_be_committed_fails_every_appender_of_its_turn(
+    sqlite_url: str,
+) -> None:
+    """Fail closed: the journal refuses the turn's record and the store cannot take it either, so no
+    caller of that turn is told its event is recorded."""
+    db = Database(sqlite_url, busy_timeout_ms=50)
+    migrate(db)
+    writer = AuditWriter(db, journal=True)
+    writer.start()
+    blocker = apsw.Connection(str(db.path))
+    try:
+        taken = writer._journal
+        assert taken is not None
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, taken._fd)
+        os.close(full)
+        blocker.execute("BEGIN EXCLUSIVE")
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(writer.append(e) for e in ticks(1, 2, 3)), return_exceptions=True), 10
+        )
+        assert [type(o) for o in outcomes] == [AuditUnavailable] * 3
+    finally:
+        blocker.close()
+        writer.close()
+        db.close()
 
 
 def test_a_record_keeps_every_chained_field() -> None:

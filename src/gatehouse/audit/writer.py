@@ -8,24 +8,25 @@ Callers that must not act before their event is durable `await append(...)`; it 
 holding the event has committed, so the cost of one commit is shared by every request that arrived
 meanwhile.
 
-Four paths lead there. What the serving event loop appends is collected for a few loop iterations and
-then, with `journal=True` (`audit.journal`, the server's default on SQLite), written to the event journal
-as one record (`gatehouse.audit.journal`): durable once that `write(2)` returns, chained into the log
-later by the projector. With `process=True` (`audit.writer_process`), it is sent to the writer process
-(`gatehouse.audit.worker`), which commits it on another core and acknowledges it. Otherwise a SQLite
-batch is committed on the loop itself (an embedded commit costs about a hundred microseconds of CPU,
-less than a round trip through another thread, which would also fight the loop for the GIL). Appends
-from other threads go to the journal directly, a record each, where there is one. Everything else goes
-through the writer thread: appends from other threads or loops without a journal, PostgreSQL batches
-without the process (the commit waits on the network), and every batch the fast paths could not commit
-(the store fails, the process died, or the write lock stayed taken elsewhere for longer than
-`_BUSY_PATIENCE_S`: a briefly taken lock is retried on the loop): the thread waits, retries and applies
-the failure policy. A journal that cannot be written (its disk is full) takes nothing more: that batch
-and every later one are committed instead. A batch the writer
-process never acknowledged before it died may have committed all the same (the death fell between commit
-and acknowledgement), and so may a fail-open retry's (a connection lost during COMMIT): the thread first
-looks such events up by id and gives those found their place in the chain back instead of appending them
-twice.
+Four paths lead there. With `journal=True` (`audit.journal`, the server's default on SQLite), what the
+serving event loop appends within one of its turns is a cohort (`_Cohort`), written to the event journal
+as one record (`gatehouse.audit.journal`) first thing in the next turn, before any of its appenders
+resumes: durable once that `write(2)` returns, chained into the log later by the projector. Otherwise
+the loop's appends are collected for a few turns; with `process=True` (`audit.writer_process`) they are
+sent to the writer process (`gatehouse.audit.worker`), which commits them on another core and
+acknowledges them; else a SQLite batch is committed on the loop itself (an embedded commit costs about
+a hundred microseconds of CPU, less than a round trip through another thread, which would also fight
+the loop for the GIL). Appends from other threads go to the journal directly, a record each, where
+there is one. Everything else goes through the writer thread: appends from other threads or loops
+without a journal, PostgreSQL batches without the process (the commit waits on the network), and every
+batch the fast paths could not commit (the store fails, the process died, or the write lock stayed
+taken elsewhere for longer than `_BUSY_PATIENCE_S`: a briefly taken lock is retried on the loop): the
+thread waits, retries and applies the failure policy. A journal that cannot be written (its disk is
+full) takes nothing more: that cohort is committed as a batch, and so is every later append. A batch
+the writer process never acknowledged before it died may have committed all the same (the death fell
+between commit and acknowledgement), and so may a fail-open retry's (a connection lost during COMMIT):
+the thread first looks such events up by id and gives those found their place in the chain back
+instead of appending them twice.
 
 If the store fails, `append` raises `AuditUnavailable` (fail closed) unless the writer runs fail-open, in
 which case events are kept in a bounded buffer and retried, and an `audit.gap` event records what passed
@@ -63,10 +64,6 @@ Observer = Callable[[Sequence[Event], float], None]
 # Loop turns an inline SQLite commit waits for more appends. Measured at 16 clients (docs/benchmarks.md,
 # session 3): 2 turns 6.8 events per commit, 3 turns 8.0 and 6 % less CPU per call; no change at 1 client.
 _FLUSH_TURNS = 3
-# A journal write costs a fraction of a commit, and every Bridge call waits for two: at 16 clients three
-# turns cost 4 points of throughput against one or two, at 64 clients two shared more than one
-# (docs/benchmarks.md, session 19).
-_JOURNAL_TURNS = 2
 # An inline commit that finds the write lock taken (a WAL checkpoint, another writer) retries on the
 # loop every millisecond, its batch growing meanwhile, for up to this long (or the store's busy timeout,
 # if shorter) before the writer thread takes it over. Handing it over at once cost 18 ms per batch at the
@@ -79,6 +76,24 @@ _BUSY_PATIENCE_S = 0.25
 # An event for the writer thread: the events, what their caller awaits (None: nobody), and whether a writer
 # process may have committed them before it died.
 _Item = tuple[Sequence[Event], Future[None] | None, bool]
+
+
+class _Cohort:
+    """What the loop appends to the journal within one of its turns: one record, written by a callback
+    queued with the first of them, so it runs in the next turn before any appender resumes. Each appender
+    waits one turn (`asyncio.sleep(0)`) instead of a future resolved by a flush a few turns later: with
+    two durable appends per Bridge call, the turns a request spent waiting cost more throughput at 16
+    clients than the journal writes themselves (docs/benchmarks.md, session 24). The appenders of a
+    cohort still resume together, in one turn, and send upstream together."""
+
+    __slots__ = ("awaited", "events", "fallback", "written")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.awaited = False  # has an appender waiting for it (not only `append_nowait`)
+        self.written = False
+        # Refused by the journal: what its appenders await instead, the commit of its events.
+        self.fallback: asyncio.Future[None] | None = None
 
 
 class AuditUnavailable(Exception):
@@ -141,6 +156,7 @@ class AuditWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[tuple[Sequence[Event], asyncio.Future[None] | None]] = []
         self._flush_scheduled = False
+        self._cohort: _Cohort | None = None
         self._busy_since: float | None = None
         # SQLite without the writer process: appends go to the journal (see `gatehouse.audit.journal`).
         self._use_journal = journal and not process
@@ -191,6 +207,8 @@ class AuditWriter:
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush what is queued and stop the thread (and the writer process); chain what is journaled."""
+        if self._cohort is not None:
+            self._write_cohort(self._cohort)
         if self._journal is not None:
             self._journal.close()
             self._journal = None
@@ -216,7 +234,8 @@ class AuditWriter:
     @property
     def queue_depth(self) -> int:
         inflight = self._link.inflight_events if self._link is not None else 0
-        return self._queue.qsize() + len(self._pending) + inflight
+        cohort = len(self._cohort.events) if self._cohort is not None else 0
+        return self._queue.qsize() + len(self._pending) + cohort + inflight
 
     # -- appending ---------------------------------------------------------------------------------
 
@@ -225,6 +244,15 @@ class AuditWriter:
         fail-open writers never raise: the events wait in the retry buffer."""
         loop = asyncio.get_running_loop()
         if self._inline_here(loop):
+            if self._journal_usable:
+                cohort = self._join_cohort(loop, events, awaited=True)
+                await asyncio.sleep(0)  # the cohort is written first thing in the next turn
+                if cohort.written:
+                    return
+                if cohort.fallback is None:  # never: the loop runs callbacks in the order they were queued
+                    raise AuditUnavailable("the audit journal record was not written")
+                await asyncio.shield(cohort.fallback)  # shared with the cohort's other appenders
+                return
             waiter: asyncio.Future[None] = loop.create_future()
             self._pending.append((events, waiter))
             self._schedule_flush(loop)
@@ -243,6 +271,9 @@ class AuditWriter:
         except RuntimeError:
             loop = None
         if loop is not None and self._inline_here(loop):
+            if self._journal_usable:
+                self._join_cohort(loop, events, awaited=False)
+                return
             self._pending.append((events, None))
             self._schedule_flush(loop)
         elif not self._journaled(events):
@@ -278,6 +309,37 @@ class AuditWriter:
 
     # -- the event-loop path (SQLite) ----------------------------------------------------------------
 
+    @property
+    def _journal_usable(self) -> bool:
+        return self._journal is not None and self._journal.usable
+
+    def _join_cohort(
+        self, loop: asyncio.AbstractEventLoop, events: Sequence[Event], *, awaited: bool
+    ) -> _Cohort:
+        cohort = self._cohort
+        if cohort is None:
+            cohort = self._cohort = _Cohort()
+            loop.call_soon(self._write_cohort, cohort)
+        cohort.events.extend(events)
+        cohort.awaited = cohort.awaited or awaited
+        return cohort
+
+    def _write_cohort(self, cohort: _Cohort) -> None:
+        if cohort is not self._cohort:  # written already, at close
+            return
+        self._cohort = None
+        if self._journaled(cohort.events):
+            cohort.written = True
+            return
+        # The journal refused the record: the events are committed as any other batch, and the cohort's
+        # appenders wait for that commit (or its failure, under the failure policy).
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and cohort.awaited:
+            cohort.fallback = loop.create_future()
+        self._pending.append((cohort.events, cohort.fallback))
+        if loop is not None and loop.is_running():  # at close, `close` commits what is pending
+            self._schedule_flush(loop)
+
     def _inline_here(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Commit on this loop? Only for SQLite, while the store is healthy (recovery is the thread's
         job), and on one loop: the first one that appends owns the path."""
@@ -302,8 +364,7 @@ class AuditWriter:
             else:
                 # A few turns of the loop: requests whose data arrived in the same turn append in the next
                 # ones, so waiting lets them share the commit (free when the loop is idle).
-                journal = self._journal is not None and self._journal.usable
-                loop.call_soon(self._flush_after, loop, (_JOURNAL_TURNS if journal else _FLUSH_TURNS) - 1)
+                loop.call_soon(self._flush_after, loop, _FLUSH_TURNS - 1)
 
     def _flush_after(self, loop: asyncio.AbstractEventLoop, turns: int) -> None:
         if turns:
