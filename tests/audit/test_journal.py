@@ -206,6 +206,16 @@ def test_the_projector_projects_what_it_drains(store: Database) -> None:
     j.close()
 
 
+def fill_disk(writer: AuditWriter) -> Journal:
+    """The writer's journal, its file now on a full disk (every write fails with ENOSPC)."""
+    taken = writer._journal
+    assert taken is not None
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, taken._fd)
+    os.close(full)
+    return taken
+
+
 async def test_the_writer_journals_and_falls_back_to_committing(store: Database) -> None:
     writer = AuditWriter(store, journal=True)
     writer.start()
@@ -214,11 +224,7 @@ async def test_the_writer_journals_and_falls_back_to_committing(store: Database)
         await writer.append(first)
         assert first.seq == 0 and pending(store)  # acknowledged from the journal
         # The disk fills up: the journal gives up and the event is committed instead, after the first.
-        taken = writer._journal
-        assert taken is not None
-        full = os.open("/dev/full", os.O_WRONLY)
-        os.dup2(full, taken._fd)
-        os.close(full)
+        taken = fill_disk(writer)
         second = Event(kind="test.committed")
         await asyncio.wait_for(writer.append(second), 10)
         assert not taken.usable and second.seq == 2
@@ -301,11 +307,7 @@ async def test_a_turn_whose_record_the_journal_refuses_is_committed_for_all_its_
     writer = AuditWriter(store, journal=True)
     writer.start()
     try:
-        taken = writer._journal
-        assert taken is not None
-        full = os.open("/dev/full", os.O_WRONLY)
-        os.dup2(full, taken._fd)
-        os.close(full)
+        taken = fill_disk(writer)
 
         async def appender(n: int) -> int | None:
             if n == 1:
@@ -333,11 +335,7 @@ async def test_a_refused_record_that_cannot_be_committed_fails_every_appender_of
     writer.start()
     blocker = apsw.Connection(str(db.path))
     try:
-        taken = writer._journal
-        assert taken is not None
-        full = os.open("/dev/full", os.O_WRONLY)
-        os.dup2(full, taken._fd)
-        os.close(full)
+        fill_disk(writer)
         blocker.execute("BEGIN EXCLUSIVE")
         outcomes = await asyncio.wait_for(
             asyncio.gather(*(writer.append(e) for e in ticks(1, 2, 3)), return_exceptions=True), 10
